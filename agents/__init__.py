@@ -1,0 +1,1 @@
+"""Agents of eqagent (installed as ``eqagent.agents``)."""

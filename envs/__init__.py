@@ -1,0 +1,1 @@
+"""Gymnasium environments and wrappers of eqagent (installed as ``eqagent.envs``)."""

@@ -1,0 +1,87 @@
+"""The ``eqagent`` console command.
+
+Subcommands (each also runnable as ``python scripts/<name>.py``):
+
+* ``gradcheck`` — EP estimate vs the exact gradient (implicit differentiation);
+* ``mnist`` — the MNIST warm-up classifier trained by EP, side by side with backprop.
+
+Every subcommand accepts ``--json``: its last stdout line is then one JSON object with its figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+from eqagent.config import add_dataclass_args, dataclass_from_args
+
+__all__ = ["main"]
+
+
+def _emit(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, default=float), flush=True)
+    else:
+        for k, v in result.items():
+            if k not in ("history", "config"):
+                print(f"{k}: {v}")
+
+
+def _cmd_gradcheck(args: argparse.Namespace) -> dict:
+    from eqagent.gradcheck import GradCheckConfig, run_gradcheck
+
+    cfg = dataclass_from_args(GradCheckConfig, args)
+    t0 = time.perf_counter()
+    out = run_gradcheck(cfg)
+    out["seconds"] = time.perf_counter() - t0
+    return out
+
+
+def _cmd_mnist(args: argparse.Namespace) -> dict:
+    from eqagent.classifier import MNISTConfig, train_mnist
+
+    cfg = dataclass_from_args(MNISTConfig, args)
+    if args.json:
+        cfg.verbose = False
+    summary, _ = train_mnist(cfg)
+    return summary
+
+
+def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], dict]]]:
+    from eqagent.classifier import MNISTConfig
+    from eqagent.gradcheck import GradCheckConfig
+
+    parser = argparse.ArgumentParser(prog="eqagent", description="Equilibrium Propagation agents and tools")
+    sub = parser.add_subparsers(dest="command", required=True)
+    handlers: dict[str, Callable[[argparse.Namespace], dict]] = {}
+    for name, cfg_cls, fn, help_text in (
+        ("gradcheck", GradCheckConfig, _cmd_gradcheck, "EP gradient vs autograd (implicit differentiation)"),
+        ("mnist", MNISTConfig, _cmd_mnist, "MNIST warm-up: 784-500-10 energy net trained by EP (+ backprop)"),
+    ):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_dataclass_args(p, cfg_cls)
+        p.add_argument(
+            "--json", action="store_true", help="print one JSON object with the figures as last line"
+        )
+        handlers[name] = fn
+    return parser, handlers
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``eqagent`` command; returns the exit status."""
+    parser, handlers = _build_parser()
+    args = parser.parse_args(argv)
+    try:
+        result = handlers[args.command](args)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        print(f"eqagent {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    _emit(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,202 @@
+"""Relaxation (settling) of an energy net to a minimum of ``F = E + βC``.
+
+One path for every use — classification, dreaming, world-model prediction and planning differ only in which
+layers are clamped and whether the output is nudged. Two dynamics:
+
+* ``"gradient"`` — ``s ← Π(s − ε ∂F/∂s)`` for all free layers at once (Scellier & Bengio 2017), ``Π`` the
+  projection onto each layer's box. With ``ε`` below ``1/λ_max(∂²F/∂s²)`` the energy decreases monotonically.
+* ``"fixed_point"`` — the discrete-time form ``s_l ← ρ(drive_l)`` (Ernoult et al. 2019), applied to odd
+  layers, then even layers. For the clipping activations (``hard_sigmoid``, ``hard_tanh``, ``identity``) each
+  half-step is the exact minimiser of ``E`` over those layers given the others (layers only talk to their
+  neighbours), so this is block-coordinate descent: monotone in ``E``, and it reaches the same equilibria as
+  the gradient form, in far fewer steps. The nudged output layer takes ``s_L ← Π(drive_L − β ∂C/∂s_L)``.
+
+Relaxation runs under ``torch.no_grad`` with in-place state updates: memory does not grow with the number of
+steps. Divergence (NaN/inf, or a state beyond ``blowup``) raises :class:`RelaxationDiverged` before anything
+is returned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from eqagent.costs import Cost
+from eqagent.energy import EnergyNet
+
+__all__ = ["MODES", "RelaxResult", "RelaxationDiverged", "settle"]
+
+MODES = ("fixed_point", "gradient")
+
+
+class RelaxationDiverged(RuntimeError):
+    """Raised when a relaxation produces NaN/inf or blows up; no state from it is used anywhere."""
+
+
+@dataclass
+class RelaxResult:
+    """Outcome of :func:`settle`.
+
+    Attributes:
+        states: Equilibrium states, one tensor per layer (clamped layers as given).
+        steps: Relaxation steps taken.
+        converged: Whether the largest state change fell below the tolerance.
+        residual: Largest absolute state change at the last check (``nan`` if never checked).
+    """
+
+    states: list[torch.Tensor]
+    steps: int
+    converged: bool
+    residual: float
+
+
+def _check_finite(states: Sequence[torch.Tensor], free: Iterable[int], blowup: float, step: int) -> None:
+    for l in free:
+        s = states[l]
+        if not torch.isfinite(s).all():
+            raise RelaxationDiverged(f"relaxation diverged at step {step}: layer {l} has NaN/inf states")
+        m = float(s.abs().max()) if s.numel() else 0.0
+        if m > blowup:
+            raise RelaxationDiverged(
+                f"relaxation diverged at step {step}: layer {l} reached |s|={m:.3g} > {blowup}"
+            )
+
+
+@torch.no_grad()
+def settle(
+    net: EnergyNet,
+    states: Sequence[torch.Tensor],
+    clamped: Iterable[int] = (0,),
+    *,
+    beta: float = 0.0,
+    target: torch.Tensor | None = None,
+    cost: Cost | None = None,
+    steps: int = 20,
+    mode: str = "fixed_point",
+    tol: float = 0.0,
+    eps: float = 0.5,
+    check_every: int = 1,
+    blowup: float = 1e6,
+) -> RelaxResult:
+    """Relaxes ``net`` from ``states`` (a warm start) to a minimum of ``E + β·C``.
+
+    Args:
+        net: The energy network.
+        states: Initial states, one per layer (``([M,] B, n_l)``); clamped layers keep these values. They are
+            copied, never modified.
+        clamped: Indices of clamped layers (negative indices allowed).
+        beta: Nudging strength (0 for the free phase; negative for the −β phase of symmetric nudging).
+        target: Target of the cost (needed when ``beta != 0``), already checked by ``cost.check_target``.
+        cost: Cost acting on the last layer (needed when ``beta != 0``).
+        steps: Maximum number of steps ``T``.
+        mode: ``"fixed_point"`` or ``"gradient"``.
+        tol: Stop when the largest state change in a step is below ``tol`` (0 disables the check).
+        eps: Step size of the gradient form.
+        check_every: Convergence check period in steps (with ``tol > 0``; divergence is checked then and at
+            the end).
+        blowup: Largest allowed ``|s|`` before the relaxation counts as diverged.
+
+    Returns:
+        A :class:`RelaxResult`.
+
+    Raises:
+        ValueError: bad arguments (unknown mode, clamping every layer, missing target/cost, ...).
+        RelaxationDiverged: NaN/inf or blow-up of the states.
+    """
+    if mode not in MODES:
+        raise ValueError(f"unknown relaxation mode {mode!r}; choose one of {MODES}")
+    if steps < 0:
+        raise ValueError(f"steps must be >= 0, got {steps}")
+    if not eps > 0:
+        raise ValueError(f"eps must be > 0, got {eps}")
+    if check_every < 1:
+        raise ValueError(f"check_every must be >= 1, got {check_every}")
+    n_layers = net.num_layers
+    if len(states) != n_layers:
+        raise ValueError(f"expected {n_layers} state tensors, got {len(states)}")
+    clamp_set = set()
+    for l in clamped:
+        if not -n_layers <= l < n_layers:
+            raise ValueError(f"clamped layer index {l} out of range for {n_layers} layers")
+        clamp_set.add(l % n_layers)
+    free = [l for l in range(n_layers) if l not in clamp_set]
+    if not free:
+        raise ValueError("every layer is clamped: nothing to relax")
+    last = n_layers - 1
+    nudged = beta != 0.0
+    if nudged:
+        if cost is None or target is None:
+            raise ValueError("a nudged relaxation (beta != 0) needs both cost and target")
+        if last in clamp_set:
+            raise ValueError("cannot nudge a clamped output layer")
+    acts = net.activations
+    if mode == "fixed_point":
+        bad = [acts[l].name for l in free if acts[l].smooth]
+        if bad:
+            raise ValueError(
+                f"fixed_point relaxation needs clipping activations (hard_sigmoid, hard_tanh, identity); "
+                f"free layers use {sorted(set(bad))}: use mode='gradient'"
+            )
+
+    s = list(states)  # clamped layers are shared, never written; free layers are replaced, not mutated
+    for l in free:
+        s[l] = acts[l].project(s[l])
+    _check_finite(s, range(n_layers), blowup, 0)
+
+    # Drive from the bias and the clamped neighbours is constant during the relaxation: compute it once.
+    w = list(net.weights)
+    const = {}
+    for l in free:
+        c = net.biases[l].unsqueeze(-2).expand_as(s[l]).clone()
+        if l > 0 and (l - 1) in clamp_set:
+            c = c + net.rho(l - 1, s[l - 1]) @ w[l - 1]
+        if l < last and (l + 1) in clamp_set:
+            c = c + net.rho(l + 1, s[l + 1]) @ w[l].transpose(-1, -2)
+        const[l] = c
+
+    def drive(l: int) -> torch.Tensor:
+        d = const[l]
+        if l > 0 and (l - 1) not in clamp_set:
+            d = d + net.rho(l - 1, s[l - 1]) @ w[l - 1]
+        if l < last and (l + 1) not in clamp_set:
+            d = d + net.rho(l + 1, s[l + 1]) @ w[l].transpose(-1, -2)
+        return d
+
+    order = [l for l in free if l % 2 == 1] + [l for l in free if l % 2 == 0]
+    residual = float("nan")
+    converged = False
+    t = 0
+    for t in range(1, steps + 1):
+        check = tol > 0 and (t % check_every == 0 or t == steps)
+        delta = 0.0
+        if mode == "fixed_point":
+            for l in order:
+                d = drive(l)
+                if nudged and l == last:
+                    d = d - beta * cost.grad_state(s[l], target)
+                new = acts[l].project(d)
+                if check:
+                    delta = max(delta, float((new - s[l]).abs().max()))
+                s[l] = new
+        else:
+            grads = {}
+            for l in free:
+                g = s[l] - acts[l].prime(s[l]) * drive(l)
+                if nudged and l == last:
+                    g = g + beta * cost.grad_state(s[l], target)
+                grads[l] = g
+            for l in free:
+                new = acts[l].project(s[l] - eps * grads[l])
+                if check:
+                    delta = max(delta, float((new - s[l]).abs().max()))
+                s[l] = new
+        if check:
+            _check_finite(s, free, blowup, t)
+            residual = delta
+            if delta < tol:
+                converged = True
+                break
+    _check_finite(s, free, blowup, t)
+    return RelaxResult(states=s, steps=t, converged=converged, residual=residual)
