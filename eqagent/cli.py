@@ -3,7 +3,8 @@
 Subcommands (each also runnable as ``python scripts/<name>.py``):
 
 * ``gradcheck`` — EP estimate vs the exact gradient (implicit differentiation);
-* ``mnist`` — the MNIST warm-up classifier trained by EP, side by side with backprop.
+* ``mnist`` — the MNIST warm-up classifier trained by EP, side by side with backprop;
+* ``bench NAME`` — the benchmarks of :data:`BENCHMARKS` (``optim``, ...).
 
 Every subcommand accepts ``--json``: its last stdout line is then one JSON object with its figures.
 """
@@ -11,6 +12,7 @@ Every subcommand accepts ``--json``: its last stdout line is then one JSON objec
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 import time
@@ -50,6 +52,31 @@ def _cmd_mnist(args: argparse.Namespace) -> dict:
     return summary
 
 
+def _bench(module: str, cfg_name: str, fn_name: str) -> Callable[[argparse.Namespace], dict]:
+    def run(args: argparse.Namespace) -> dict:
+        mod = importlib.import_module(module)
+        cfg = dataclass_from_args(getattr(mod, cfg_name), args)
+        t0 = time.perf_counter()
+        out = getattr(mod, fn_name)(cfg)
+        out.setdefault("seconds", time.perf_counter() - t0)
+        return out
+
+    return run
+
+
+# (name, module, config class, function, help)
+BENCHMARKS = (
+    ("optim", "eqagent.bench.optim", "OptimBenchConfig", "run_optim_bench", "EP optimizer vs Adam on MNIST"),
+)
+
+
+def _add(sub, name: str, cfg_cls: type, help_text: str) -> argparse.ArgumentParser:
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    add_dataclass_args(p, cfg_cls)
+    p.add_argument("--json", action="store_true", help="print one JSON object with the figures as last line")
+    return p
+
+
 def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argparse.Namespace], dict]]]:
     from eqagent.classifier import MNISTConfig
     from eqagent.gradcheck import GradCheckConfig
@@ -61,12 +88,14 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
         ("gradcheck", GradCheckConfig, _cmd_gradcheck, "EP gradient vs autograd (implicit differentiation)"),
         ("mnist", MNISTConfig, _cmd_mnist, "MNIST warm-up: 784-500-10 energy net trained by EP (+ backprop)"),
     ):
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        add_dataclass_args(p, cfg_cls)
-        p.add_argument(
-            "--json", action="store_true", help="print one JSON object with the figures as last line"
-        )
+        _add(sub, name, cfg_cls, help_text)
         handlers[name] = fn
+    bench = sub.add_parser("bench", help="benchmarks (the figures of the issues)", description="benchmarks")
+    bench_sub = bench.add_subparsers(dest="bench", required=True)
+    for name, module, cfg_name, fn_name, help_text in BENCHMARKS:
+        cfg_cls = getattr(importlib.import_module(module), cfg_name)
+        _add(bench_sub, name, cfg_cls, help_text)
+        handlers["bench " + name] = _bench(module, cfg_name, fn_name)
     return parser, handlers
 
 
@@ -74,8 +103,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``eqagent`` command; returns the exit status."""
     parser, handlers = _build_parser()
     args = parser.parse_args(argv)
+    key = args.command + (" " + args.bench if args.command == "bench" else "")
     try:
-        result = handlers[args.command](args)
+        result = handlers[key](args)
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         print(f"eqagent {args.command}: error: {e}", file=sys.stderr)
         return 2

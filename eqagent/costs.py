@@ -18,7 +18,7 @@ from torch import nn
 
 from eqagent.energy import Activation, get_activation
 
-__all__ = ["Cost", "CrossEntropyCost", "MSECost", "make_cost"]
+__all__ = ["Cost", "CrossEntropyCost", "LogitCrossEntropyCost", "MSECost", "make_cost"]
 
 
 class Cost(nn.Module):
@@ -141,6 +141,33 @@ class CrossEntropyCost(Cost):
             self.weight: (self.act(s_out).transpose(-1, -2) @ d) / batch,
             self.bias: d.mean(-2),
         }
+
+
+class LogitCrossEntropyCost(Cost):
+    """Softmax cross-entropy on the output state itself (the output layer holds logits, no readout)."""
+
+    def check_target(self, target: torch.Tensor, s_out: torch.Tensor) -> torch.Tensor:
+        if not torch.is_tensor(target):
+            target = torch.as_tensor(target)
+        batch, k = s_out.shape[-2], s_out.shape[-1]
+        if not target.is_floating_point():
+            if target.shape != (batch,):
+                raise ValueError(f"class-index target must have shape ({batch},), got {tuple(target.shape)}")
+            if target.numel() and (int(target.min()) < 0 or int(target.max()) >= k):
+                raise ValueError(f"class indices must lie in [0, {k}) for {k} output units")
+            target = nn.functional.one_hot(target.long().to(s_out.device), k)
+        if target.shape[-2:] != (batch, k):
+            raise ValueError(f"probability target must have shape ({batch}, {k}), got {tuple(target.shape)}")
+        target = target.to(device=s_out.device, dtype=s_out.dtype)
+        if not torch.isfinite(target).all():
+            raise ValueError("target contains NaN or inf")
+        return target
+
+    def value(self, s_out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return -(target * torch.log_softmax(s_out, dim=-1)).sum(-1)
+
+    def grad_state(self, s_out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(s_out, dim=-1) - target
 
 
 def make_cost(name: str, out_features: int, num_classes: int | None = None, **kwargs) -> Cost:

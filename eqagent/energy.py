@@ -31,6 +31,8 @@ __all__ = [
     "ACTIVATIONS",
     "Activation",
     "EnergyNet",
+    "LayeredEnergy",
+    "SequentialEnergy",
     "get_activation",
 ]
 
@@ -105,7 +107,63 @@ def get_activation(name: str | Activation) -> Activation:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
 
 
-class EnergyNet(nn.Module):
+class LayeredEnergy(nn.Module):
+    """Abstract base of the energy families that :func:`eqagent.relax.settle` relaxes.
+
+    Contract (states are lists with one tensor per layer, ``([M,] B, n_l)``-shaped for dense layers):
+
+    * ``num_layers`` — number of layers, input included.
+    * ``check_layer(l, value, what)`` — validate/convert a clamp or warm-start value for layer ``l``; raise
+      ``ValueError`` naming the problem (shape, NaN/inf).
+    * ``feedforward(x)`` — states of a bottom-up sweep from input ``x`` (a warm start).
+    * ``energy(states)`` — per-sample energy ``E(s)``.
+    * ``project(l, s)`` — project a state of layer ``l`` onto its admissible set.
+    * ``relax_context(states, clamped)`` — precompute what stays constant while the clamped layers are fixed.
+    * ``relax_step(states, free, ctx, mode, beta, cost, target, eps)`` — one step of the dynamics of
+      ``F = E + βC`` (``mode`` ``"fixed_point"`` or ``"gradient"``); returns the new states (clamped ones as given,
+      never mutated in place).
+    * ``check_mode(mode, free)`` — raise ``ValueError`` if ``mode`` is not valid for these free layers.
+    * ``energy_param_grad_diff(a, b)`` — ``∂E/∂θ(a) − ∂E/∂θ(b)`` batch-averaged, closed form (the local rule).
+    """
+
+    num_layers: int
+
+    def check_layer(self, l: int, value: torch.Tensor, what: str = "state") -> torch.Tensor:
+        raise NotImplementedError
+
+    def feedforward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def energy(self, states: Sequence[torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def project(self, l: int, s: torch.Tensor) -> torch.Tensor:
+        return s
+
+    def zero_states(self, batch: int) -> list[torch.Tensor]:
+        """All-zero states ``(B, n_l)`` projected onto each layer's admissible set (a cold start)."""
+        p = next(self.parameters())
+        return [
+            self.project(l, torch.zeros(batch, n, dtype=p.dtype, device=p.device))
+            for l, n in enumerate(self.sizes)
+        ]
+
+    def check_mode(self, mode: str, free: Sequence[int]) -> None:
+        return None
+
+    def relax_context(self, states: Sequence[torch.Tensor], clamped: set[int]) -> object:
+        return None
+
+    def relax_step(self, states, free, ctx, mode, beta, cost, target, eps) -> list[torch.Tensor]:
+        raise NotImplementedError
+
+    def energy_param_grad_diff(
+        self, a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]
+    ) -> dict[nn.Parameter, torch.Tensor]:
+        raise NotImplementedError
+
+
+class EnergyNet(LayeredEnergy):
     """A layered Hopfield energy network (Scellier & Bengio 2017), optionally an ensemble.
 
     Args:
@@ -168,6 +226,9 @@ class EnergyNet(nn.Module):
     def num_layers(self) -> int:
         """Number of layers ``L + 1`` (input included)."""
         return len(self.sizes)
+
+    def project(self, l: int, s: torch.Tensor) -> torch.Tensor:
+        return self.activations[l].project(s)
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters that EP learns (weights, biases with ``requires_grad``)."""
@@ -251,6 +312,60 @@ class EnergyNet(nn.Module):
         """``∂E/∂s_l = s_l − ρ'(s_l) ⊙ drive_l``."""
         return states[l] - self.activations[l].prime(states[l]) * self.drive(states, l)
 
+    # ------------------------------------------------------------------ dynamics (see eqagent.relax)
+    def check_mode(self, mode: str, free: Sequence[int]) -> None:
+        if mode == "fixed_point":
+            bad = sorted({self.activations[l].name for l in free if self.activations[l].smooth})
+            if bad:
+                raise ValueError(
+                    "fixed_point relaxation needs clipping activations (hard_sigmoid, hard_tanh, identity); "
+                    f"free layers use {bad}: use mode='gradient'"
+                )
+
+    def relax_context(self, states: Sequence[torch.Tensor], clamped: set[int]) -> dict:
+        """Drive from the bias and the clamped neighbours: constant while relaxing, computed once."""
+        last = self.num_layers - 1
+        const = {}
+        for l in range(self.num_layers):
+            if l in clamped:
+                continue
+            c = self.biases[l].unsqueeze(-2).expand_as(states[l]).clone()
+            if l > 0 and (l - 1) in clamped:
+                c = c + self.rho(l - 1, states[l - 1]) @ self.weights[l - 1]
+            if l < last and (l + 1) in clamped:
+                c = c + self.rho(l + 1, states[l + 1]) @ self.weights[l].transpose(-1, -2)
+            const[l] = c
+        return {"const": const, "clamped": clamped}
+
+    def _ctx_drive(self, s: Sequence[torch.Tensor], l: int, ctx: dict) -> torch.Tensor:
+        d, clamped, last = ctx["const"][l], ctx["clamped"], self.num_layers - 1
+        if l > 0 and (l - 1) not in clamped:
+            d = d + self.rho(l - 1, s[l - 1]) @ self.weights[l - 1]
+        if l < last and (l + 1) not in clamped:
+            d = d + self.rho(l + 1, s[l + 1]) @ self.weights[l].transpose(-1, -2)
+        return d
+
+    def relax_step(self, states, free, ctx, mode, beta, cost, target, eps) -> list[torch.Tensor]:
+        """One step: fixed-point (odd layers, then even layers, each ``s_l ← Π(drive_l)``) or gradient."""
+        s = list(states)
+        last = self.num_layers - 1
+        if mode == "fixed_point":
+            for l in [l for l in free if l % 2 == 1] + [l for l in free if l % 2 == 0]:
+                d = self._ctx_drive(s, l, ctx)
+                if beta != 0.0 and l == last:
+                    d = d - beta * cost.grad_state(s[l], target)
+                s[l] = self.activations[l].project(d)
+            return s
+        grads = {}
+        for l in free:
+            g = s[l] - self.activations[l].prime(s[l]) * self._ctx_drive(s, l, ctx)
+            if beta != 0.0 and l == last:
+                g = g + beta * cost.grad_state(s[l], target)
+            grads[l] = g
+        for l in free:
+            s[l] = self.activations[l].project(s[l] - eps * grads[l])
+        return s
+
     def energy_param_grads(self, states: Sequence[torch.Tensor]) -> dict[nn.Parameter, torch.Tensor]:
         """Closed-form ``∂E/∂θ`` averaged over the batch (the local terms of the EP rule).
 
@@ -300,3 +415,198 @@ class EnergyNet(nn.Module):
     def extra_repr(self) -> str:
         acts = [a.name for a in self.activations]
         return f"sizes={self.sizes}, activations={acts}, members={self.members}"
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The layer-wise prediction-error energy of an nn.Sequential
+_ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Identity)
+_SUPPORTED = "Linear, Flatten, ReLU, Tanh, Sigmoid, Hardtanh, Identity"
+
+
+def _act_and_prime(mods: Sequence[nn.Module], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Applies a chain of elementwise activations to ``z``; returns the output and the chain's derivative."""
+    d = torch.ones_like(z)
+    for m in mods:
+        if isinstance(m, nn.ReLU):
+            d = d * (z > 0).to(z.dtype)
+            z = torch.relu(z)
+        elif isinstance(m, nn.Tanh):
+            z = torch.tanh(z)
+            d = d * (1 - z * z)
+        elif isinstance(m, nn.Sigmoid):
+            z = torch.sigmoid(z)
+            d = d * z * (1 - z)
+        elif isinstance(m, nn.Hardtanh):
+            d = d * ((z > m.min_val) & (z < m.max_val)).to(z.dtype)
+            z = z.clamp(m.min_val, m.max_val)
+    return z, d
+
+
+class SequentialEnergy(LayeredEnergy):
+    """Layer-wise prediction-error energy of an ``nn.Sequential``: ``E(s) = Σ_l ½‖s_l − f_l(s_{l−1})‖²``.
+
+    ``f_l`` is the model's ``l``-th ``Linear`` followed by its elementwise activations; leading ``Flatten`` modules
+    turn the input into ``s_0``. The free equilibrium (input clamped, ``β = 0``) is exactly the forward pass, so
+    ``model(x)`` is what EP trains. Supported modules: Linear, Flatten, ReLU, Tanh, Sigmoid, Hardtanh, Identity;
+    anything else raises ``ValueError`` naming the module.
+
+    Dynamics of ``F = E + βC`` (input clamped):
+
+    * ``"fixed_point"`` — from the current states, the top-down error messages ``ẽ_L = −β ∂C/∂s_L``,
+      ``ẽ_l = J_{l+1}(s_l)ᵀ ẽ_{l+1}`` (each layer hears only its upper neighbour, through the same weights), then the
+      bottom-up states ``s_l = f_l(s_{l−1}) + ẽ_l``. Its fixed points are exactly the stationary points of ``F``
+      (``e_L = −β∂C/∂s_L``, ``e_l = J_{l+1}ᵀe_{l+1}``) and it contracts fast for small β.
+    * ``"gradient"`` — ``s_l ← s_l − ε[(s_l − f_l) − J_{l+1}ᵀ(s_{l+1} − f_{l+1}) + β∂C/∂s_L]``.
+
+    The local rule: ``∂E/∂W_l = −mean_b (e_l ⊙ f_l')ᵀ s_{l−1}``, ``∂E/∂b_l = −mean_b e_l ⊙ f_l'``.
+    """
+
+    def __init__(self, model: nn.Sequential) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Sequential):
+            raise TypeError(f"SequentialEnergy needs an nn.Sequential, got {type(model).__name__}")
+        self.model = model
+        self.prefix: list[nn.Module] = []
+        self.linears: list[nn.Linear] = []
+        self.acts: list[list[nn.Module]] = []
+        for name, m in model.named_children():
+            if isinstance(m, nn.Flatten):
+                if self.linears:
+                    continue  # a Flatten after the first Linear sees 2-D states: a no-op
+                self.prefix.append(m)
+            elif isinstance(m, nn.Linear):
+                self.linears.append(m)
+                self.acts.append([])
+            elif isinstance(m, _ELEMENTWISE):
+                if not self.linears:
+                    raise ValueError(
+                        f"module {name} ({type(m).__name__}) before the first Linear is not supported"
+                    )
+                self.acts[-1].append(m)
+            else:
+                raise ValueError(
+                    f"module {name} ({type(m).__name__}) is not supported by the EP energy; supported: {_SUPPORTED}"
+                )
+        if not self.linears:
+            raise ValueError("the model has no Linear layer to train")
+        self.sizes = [self.linears[0].in_features] + [lin.out_features for lin in self.linears]
+        for i, (lin, n_in) in enumerate(zip(self.linears, self.sizes[:-1])):
+            if lin.in_features != n_in:
+                raise ValueError(
+                    f"Linear {i} expects {lin.in_features} inputs but the layer below has {n_in}"
+                )
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.sizes)
+
+    def check_layer(self, l: int, value: torch.Tensor, what: str = "state") -> torch.Tensor:
+        p = self.linears[0].weight
+        value = torch.as_tensor(value).to(device=p.device, dtype=p.dtype)
+        if l == 0:
+            for m in self.prefix:
+                value = m(value)
+        if value.dim() == 1:
+            value = value.unsqueeze(0)
+        if value.dim() != 2 or value.shape[-1] != self.sizes[l]:
+            raise ValueError(
+                f"{what} for layer {l} must be (B, {self.sizes[l]}) after the model's Flatten, got {tuple(value.shape)}"
+            )
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{what} for layer {l} contains NaN or inf")
+        return value
+
+    def _f(self, l: int, below: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f_l(s_{l−1})`` and its activation derivative at the pre-activation."""
+        lin = self.linears[l - 1]
+        pre = below @ lin.weight.T
+        if lin.bias is not None:
+            pre = pre + lin.bias
+        return _act_and_prime(self.acts[l - 1], pre)
+
+    @torch.no_grad()
+    def feedforward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        states = [self.check_layer(0, x, "input")]
+        for l in range(1, self.num_layers):
+            states.append((self._f1(states[0]) if l == 1 else self._f(l, states[-1]))[0])
+        return states
+
+    def errors(self, states: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Prediction errors ``e_l = s_l − f_l(s_{l−1})`` and derivatives ``f_l'`` (index 0 unused)."""
+        es, ds = [torch.zeros(0)], [torch.zeros(0)]
+        for l in range(1, self.num_layers):
+            f, d = self._f1(states[0]) if l == 1 else self._f(l, states[l - 1])
+            es.append(states[l] - f)
+            ds.append(d)
+        return es, ds
+
+    def energy(self, states: Sequence[torch.Tensor]) -> torch.Tensor:
+        es, _ = self.errors(states)
+        return sum(0.5 * (e**2).sum(-1) for e in es[1:])
+
+    def check_mode(self, mode: str, free: Sequence[int]) -> None:
+        if list(free) != list(range(1, self.num_layers)):
+            raise ValueError("SequentialEnergy relaxes with exactly the input layer clamped")
+
+    def _f1(self, s0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f_1(s_0)``, cached for the same input tensor and unchanged first-layer parameters.
+
+        The input is clamped in every phase of an EP step, so the largest matmul is done once per step.
+        """
+        lin = self.linears[0]
+        key = (id(s0), s0._version, lin.weight._version, None if lin.bias is None else lin.bias._version)
+        cached = getattr(self, "_f1_cache", None)
+        if cached is not None and cached[0] == key and cached[1] is s0:
+            return cached[2]
+        out = self._f(1, s0)
+        self._f1_cache = (key, s0, out)
+        return out
+
+    def relax_context(self, states: Sequence[torch.Tensor], clamped: set[int]) -> dict:
+        return {"f1": self._f1(states[0])}  # the input is clamped: f_1(s_0) is constant
+
+    def relax_step(self, states, free, ctx, mode, beta, cost, target, eps) -> list[torch.Tensor]:
+        L = self.num_layers - 1
+        fs = [None, ctx["f1"]] + [self._f(l, states[l - 1]) for l in range(2, L + 1)]
+        s = list(states)
+        if mode == "fixed_point":
+            msg = [None] * (L + 1)
+            msg[L] = (
+                -beta * cost.grad_state(states[L], target) if beta != 0.0 else torch.zeros_like(states[L])
+            )
+            for l in range(L - 1, 0, -1):
+                msg[l] = (msg[l + 1] * fs[l + 1][1]) @ self.linears[l].weight
+            s[1] = fs[1][0] + msg[1]
+            for l in range(2, L + 1):
+                s[l] = self._f(l, s[l - 1])[0] + msg[l]
+            return s
+        es = [None] + [states[l] - fs[l][0] for l in range(1, L + 1)]
+        for l in range(1, L + 1):
+            g = es[l]
+            if l < L:
+                g = g - (es[l + 1] * fs[l + 1][1]) @ self.linears[l].weight
+            elif beta != 0.0:
+                g = g + beta * cost.grad_state(states[L], target)
+            s[l] = states[l] - eps * g
+        return s
+
+    def energy_param_grad_diff(
+        self, a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]
+    ) -> dict[nn.Parameter, torch.Tensor]:
+        batch = a[0].shape[0]
+        ea, da = self.errors(a)
+        eb, db = ea, da
+        if any(x is not y for x, y in zip(a, b)):
+            eb, db = self.errors(b)
+        out: dict[nn.Parameter, torch.Tensor] = {}
+        for l in range(1, self.num_layers):
+            lin = self.linears[l - 1]
+            ga, gb = ea[l] * da[l], eb[l] * db[l]
+            if a[l - 1] is b[l - 1]:
+                gw = (ga - gb).T @ a[l - 1]
+            else:
+                gw = ga.T @ a[l - 1] - gb.T @ b[l - 1]
+            out[lin.weight] = -gw / batch
+            if lin.bias is not None:
+                out[lin.bias] = -(ga - gb).mean(0)
+        return out

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 
 from eqagent.costs import Cost
-from eqagent.energy import EnergyNet
+from eqagent.energy import EnergyNet, LayeredEnergy
 from eqagent.relax import RelaxationDiverged, RelaxResult, settle
 
 __all__ = [
@@ -95,16 +95,16 @@ class EPStep:
     output: torch.Tensor | None = None
 
 
-def _initial_states(net: EnergyNet, x: torch.Tensor, warm_start: str) -> list[torch.Tensor]:
+def _initial_states(net: LayeredEnergy, x: torch.Tensor, warm_start: str) -> list[torch.Tensor]:
     if warm_start == "feedforward":
         return net.feedforward(x)
-    states = net.zero_states(x.shape[-2] if x.dim() > 1 else 1)
+    states = net.zero_states(x.shape[-2])
     states[0] = net.check_layer(0, x, "input")
     return states
 
 
 def free_phase(
-    net: EnergyNet,
+    net: LayeredEnergy,
     x: torch.Tensor,
     config: EPConfig | None = None,
     states: Sequence[torch.Tensor] | None = None,
@@ -128,7 +128,7 @@ def free_phase(
 
 
 def nudged_phase(
-    net: EnergyNet,
+    net: LayeredEnergy,
     cost: Cost,
     free_states: Sequence[torch.Tensor],
     target: torch.Tensor,
@@ -153,7 +153,7 @@ def nudged_phase(
 
 @torch.no_grad()
 def ep_gradients(
-    net: EnergyNet,
+    net: LayeredEnergy,
     cost: Cost,
     x: torch.Tensor,
     target: torch.Tensor,

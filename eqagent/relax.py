@@ -1,7 +1,9 @@
 """Relaxation (settling) of an energy net to a minimum of ``F = E + βC``.
 
-One path for every use — classification, dreaming, world-model prediction and planning differ only in which
-layers are clamped and whether the output is nudged. Two dynamics:
+:func:`settle` owns the loop (steps, convergence, divergence, no autograd); each energy family
+(:class:`eqagent.energy.LayeredEnergy`) supplies one step of its dynamics. One path for every use —
+classification, dreaming, world-model prediction and planning differ only in which layers are clamped and
+whether the output is nudged. The Hopfield energy has two dynamics:
 
 * ``"gradient"`` — ``s ← Π(s − ε ∂F/∂s)`` for all free layers at once (Scellier & Bengio 2017), ``Π`` the
   projection onto each layer's box. With ``ε`` below ``1/λ_max(∂²F/∂s²)`` the energy decreases monotonically.
@@ -11,20 +13,21 @@ layers are clamped and whether the output is nudged. Two dynamics:
   neighbours), so this is block-coordinate descent: monotone in ``E``, and it reaches the same equilibria as
   the gradient form, in far fewer steps. The nudged output layer takes ``s_L ← Π(drive_L − β ∂C/∂s_L)``.
 
-Relaxation runs under ``torch.no_grad`` with in-place state updates: memory does not grow with the number of
-steps. Divergence (NaN/inf, or a state beyond ``blowup``) raises :class:`RelaxationDiverged` before anything
+Relaxation runs under ``torch.no_grad`` and keeps only the current states: memory does not grow with the
+number of steps. Divergence (NaN/inf, or a state beyond ``blowup``) raises :class:`RelaxationDiverged` before anything
 is returned.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
 
 from eqagent.costs import Cost
-from eqagent.energy import EnergyNet
+from eqagent.energy import LayeredEnergy
 
 __all__ = ["MODES", "RelaxResult", "RelaxationDiverged", "settle"]
 
@@ -55,9 +58,11 @@ class RelaxResult:
 def _check_finite(states: Sequence[torch.Tensor], free: Iterable[int], blowup: float, step: int) -> None:
     for l in free:
         s = states[l]
-        if not torch.isfinite(s).all():
+        m = (
+            float(s.abs().max()) if s.numel() else 0.0
+        )  # NaN propagates through max: one reduction checks both
+        if not math.isfinite(m):
             raise RelaxationDiverged(f"relaxation diverged at step {step}: layer {l} has NaN/inf states")
-        m = float(s.abs().max()) if s.numel() else 0.0
         if m > blowup:
             raise RelaxationDiverged(
                 f"relaxation diverged at step {step}: layer {l} reached |s|={m:.3g} > {blowup}"
@@ -66,7 +71,7 @@ def _check_finite(states: Sequence[torch.Tensor], free: Iterable[int], blowup: f
 
 @torch.no_grad()
 def settle(
-    net: EnergyNet,
+    net: LayeredEnergy,
     states: Sequence[torch.Tensor],
     clamped: Iterable[int] = (0,),
     *,
@@ -131,67 +136,21 @@ def settle(
             raise ValueError("a nudged relaxation (beta != 0) needs both cost and target")
         if last in clamp_set:
             raise ValueError("cannot nudge a clamped output layer")
-    acts = net.activations
-    if mode == "fixed_point":
-        bad = [acts[l].name for l in free if acts[l].smooth]
-        if bad:
-            raise ValueError(
-                f"fixed_point relaxation needs clipping activations (hard_sigmoid, hard_tanh, identity); "
-                f"free layers use {sorted(set(bad))}: use mode='gradient'"
-            )
-
+    net.check_mode(mode, free)
     s = list(states)  # clamped layers are shared, never written; free layers are replaced, not mutated
     for l in free:
-        s[l] = acts[l].project(s[l])
-    _check_finite(s, range(n_layers), blowup, 0)
-
-    # Drive from the bias and the clamped neighbours is constant during the relaxation: compute it once.
-    w = list(net.weights)
-    const = {}
-    for l in free:
-        c = net.biases[l].unsqueeze(-2).expand_as(s[l]).clone()
-        if l > 0 and (l - 1) in clamp_set:
-            c = c + net.rho(l - 1, s[l - 1]) @ w[l - 1]
-        if l < last and (l + 1) in clamp_set:
-            c = c + net.rho(l + 1, s[l + 1]) @ w[l].transpose(-1, -2)
-        const[l] = c
-
-    def drive(l: int) -> torch.Tensor:
-        d = const[l]
-        if l > 0 and (l - 1) not in clamp_set:
-            d = d + net.rho(l - 1, s[l - 1]) @ w[l - 1]
-        if l < last and (l + 1) not in clamp_set:
-            d = d + net.rho(l + 1, s[l + 1]) @ w[l].transpose(-1, -2)
-        return d
-
-    order = [l for l in free if l % 2 == 1] + [l for l in free if l % 2 == 0]
+        s[l] = net.project(l, s[l])
+    _check_finite(s, free, blowup, 0)  # clamped values were validated by check_layer
+    ctx = net.relax_context(s, clamp_set)
     residual = float("nan")
     converged = False
     t = 0
     for t in range(1, steps + 1):
         check = tol > 0 and (t % check_every == 0 or t == steps)
-        delta = 0.0
-        if mode == "fixed_point":
-            for l in order:
-                d = drive(l)
-                if nudged and l == last:
-                    d = d - beta * cost.grad_state(s[l], target)
-                new = acts[l].project(d)
-                if check:
-                    delta = max(delta, float((new - s[l]).abs().max()))
-                s[l] = new
-        else:
-            grads = {}
-            for l in free:
-                g = s[l] - acts[l].prime(s[l]) * drive(l)
-                if nudged and l == last:
-                    g = g + beta * cost.grad_state(s[l], target)
-                grads[l] = g
-            for l in free:
-                new = acts[l].project(s[l] - eps * grads[l])
-                if check:
-                    delta = max(delta, float((new - s[l]).abs().max()))
-                s[l] = new
+        new = net.relax_step(s, free, ctx, mode, beta, cost, target, eps)
+        if check:
+            delta = max(float((new[l] - s[l]).abs().max()) for l in free)
+        s = new
         if check:
             _check_finite(s, free, blowup, t)
             residual = delta
