@@ -67,6 +67,13 @@ def _bench(module: str, cfg_name: str, fn_name: str) -> Callable[[argparse.Names
 # (name, module, config class, function, help)
 BENCHMARKS = (
     ("optim", "eqagent.bench.optim", "OptimBenchConfig", "run_optim_bench", "EP optimizer vs Adam on MNIST"),
+    (
+        "plasticity",
+        "eqagent.bench.plasticity",
+        "PlasticityBenchConfig",
+        "run_plasticity_bench",
+        "Hebbian plastic vs plain RNN on pattern completion",
+    ),
 )
 
 

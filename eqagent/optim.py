@@ -9,7 +9,7 @@ optionally followed by a spectral-norm bound ``σ(W) ≤ γ``.
 Example::
 
     model = nn.Sequential(nn.Flatten(), nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 10))
-    opt = EPOptimizer(model.parameters(), model=model, lr=1e-3, beta=0.1, loss="cross_entropy")
+    opt = EPOptimizer(model.parameters(), model=model, lr=1e-3, beta=0.01, loss="cross_entropy")
     loss = opt.step(x=images, target=labels)
     pred = model(images).argmax(-1)
 """
@@ -131,7 +131,7 @@ class EPOptimizer(torch.optim.Optimizer):
         symmetric: Symmetric ±β nudging (else one-sided +β).
         update: ``"sgd"``, ``"adam"`` or ``"muon"``.
         spectral_norm: ``None``, or γ > 0: after each update every 2-D weight with ``σ(W) > γ`` is rescaled to
-            ``σ(W) = γ`` (σ by power iteration warm-started across steps: the bound holds to about 1%).
+            ``σ(W) = γ`` (σ exact for weights up to 65,536 entries, else by warm-started power iteration).
         momentum: SGD momentum, or Muon momentum.
         betas: Adam betas (also Muon's Adam part).
         weight_decay: Decoupled weight decay (``"adam"`` uses AdamW).
@@ -144,7 +144,7 @@ class EPOptimizer(torch.optim.Optimizer):
         params: Iterable[nn.Parameter],
         model: nn.Sequential,
         lr: float = 1e-3,
-        beta: float = 0.1,
+        beta: float = 0.01,
         settle_steps: int = 3,
         loss: str = "cross_entropy",
         symmetric: bool = True,
@@ -248,26 +248,30 @@ class EPOptimizer(torch.optim.Optimizer):
             self._project_spectral()
         return res.loss
 
-    def _project_spectral(self, iters: int = 6) -> None:
+    def _project_spectral(self, iters: int = 10, exact_below: int = 65536) -> None:
+        """Rescales every 2-D weight with ``σ(W) > γ`` to ``σ(W) = γ``.
+
+        σ is exact (``torch.linalg.matrix_norm(ord=2)``) for weights of at most ``exact_below`` entries, else
+        estimated by power iteration warm-started from the previous step's singular vector.
+        """
         gamma = float(self.spectral_norm)
         for group in self.param_groups:
             for w in group["params"]:
                 if w.dim() != 2:
                     continue
-                u = self._sn_vectors.get(w)
-                if u is None:
-                    u = torch.randn(w.shape[0], device=w.device, dtype=w.dtype)
-                    u = u / u.norm()
-                    iters_here = 20
+                if w.numel() <= exact_below:
+                    sigma = float(torch.linalg.matrix_norm(w, ord=2))
                 else:
-                    iters_here = iters
-                for _ in range(iters_here):
-                    v = w.T @ u
-                    v = v / (v.norm() + 1e-12)
-                    u = w @ v
-                    u = u / (u.norm() + 1e-12)
-                self._sn_vectors[w] = u
-                sigma = float(u @ w @ v)
+                    u = self._sn_vectors.get(w)
+                    if u is None:
+                        u = torch.randn(w.shape[0], device=w.device, dtype=w.dtype)
+                    for _ in range(iters):
+                        v = w.T @ u
+                        v = v / (v.norm() + 1e-12)
+                        u = w @ v
+                        u = u / (u.norm() + 1e-12)
+                    self._sn_vectors[w] = u
+                    sigma = float(u @ w @ v)
                 if sigma > gamma:
                     w.mul_(gamma / sigma)
 
@@ -284,7 +288,10 @@ class EPOptimizer(torch.optim.Optimizer):
 
 
 def recommended(model: nn.Sequential, lr: float = 1e-3, **overrides) -> EPOptimizer:
-    """The recommended configuration: Adam, symmetric β = 0.1, 3 fixed-point settle steps, cross-entropy."""
-    kwargs = dict(lr=lr, beta=0.1, settle_steps=3, symmetric=True, update="adam", loss="cross_entropy")
+    """The recommended configuration: Adam, symmetric β = 0.01, 3 fixed-point settle steps, cross-entropy.
+
+    (MNIST, 784-256-10, batch 64, 3 epochs: 97.7% test accuracy at about 3× Adam's epoch time; docs/benchmarks.md.)
+    """
+    kwargs = dict(lr=lr, beta=0.01, settle_steps=3, symmetric=True, update="adam", loss="cross_entropy")
     kwargs.update(overrides)
     return EPOptimizer(model.parameters(), model=model, **kwargs)
