@@ -5,13 +5,24 @@ Importing this package registers the environments under ``eqagent/...-v0`` ids w
 """
 
 import gymnasium as gym
+from eqagent.envs.nonstationary import PhysicsShiftWrapper, make_cartpole_shift, make_pendulum_shift
 from eqagent.envs.pattern_completion import PatternCompletionEnv
 
-__all__ = ["ENV_IDS", "PatternCompletionEnv"]
+__all__ = [
+    "ENV_IDS",
+    "PatternCompletionEnv",
+    "PhysicsShiftWrapper",
+    "make_cartpole_shift",
+    "make_pendulum_shift",
+]
 
-ENV_IDS = ("eqagent/PatternCompletion-v0",)
+_ENTRY_POINTS = {
+    "eqagent/PatternCompletion-v0": "eqagent.envs.pattern_completion:PatternCompletionEnv",
+    "eqagent/CartPoleShift-v0": "eqagent.envs.nonstationary:make_cartpole_shift",
+    "eqagent/PendulumShift-v0": "eqagent.envs.nonstationary:make_pendulum_shift",
+}
+ENV_IDS = tuple(_ENTRY_POINTS)
 
-if "eqagent/PatternCompletion-v0" not in gym.registry:
-    gym.register(
-        id="eqagent/PatternCompletion-v0", entry_point="eqagent.envs.pattern_completion:PatternCompletionEnv"
-    )
+for _id, _entry in _ENTRY_POINTS.items():
+    if _id not in gym.registry:
+        gym.register(id=_id, entry_point=_entry)

@@ -74,6 +74,13 @@ BENCHMARKS = (
         "run_plasticity_bench",
         "Hebbian plastic vs plain RNN on pattern completion",
     ),
+    (
+        "worldmodel",
+        "eqagent.agents.worldmodel_bench",
+        "WorldModelBenchConfig",
+        "run_worldmodel_bench",
+        "online EP world model vs backprop, surprise gate, physics shift",
+    ),
 )
 
 

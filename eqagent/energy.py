@@ -31,7 +31,9 @@ __all__ = [
     "ACTIVATIONS",
     "Activation",
     "EnergyNet",
+    "EnsembleMLPEnergy",
     "LayeredEnergy",
+    "PredictionErrorEnergy",
     "SequentialEnergy",
     "get_activation",
 ]
@@ -418,7 +420,7 @@ class EnergyNet(LayeredEnergy):
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The layer-wise prediction-error energy of an nn.Sequential
+# The layer-wise prediction-error energy
 _ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Identity)
 _SUPPORTED = "Linear, Flatten, ReLU, Tanh, Sigmoid, Hardtanh, Identity"
 
@@ -442,23 +444,149 @@ def _act_and_prime(mods: Sequence[nn.Module], z: torch.Tensor) -> tuple[torch.Te
     return z, d
 
 
-class SequentialEnergy(LayeredEnergy):
-    """Layer-wise prediction-error energy of an ``nn.Sequential``: ``E(s) = Σ_l ½‖s_l − f_l(s_{l−1})‖²``.
+class PredictionErrorEnergy(LayeredEnergy):
+    """Base of the layer-wise prediction-error energies ``E(s) = Σ_l ½‖s_l − f_l(s_{l−1})‖²``.
 
-    ``f_l`` is the model's ``l``-th ``Linear`` followed by its elementwise activations; leading ``Flatten`` modules
-    turn the input into ``s_0``. The free equilibrium (input clamped, ``β = 0``) is exactly the forward pass, so
-    ``model(x)`` is what EP trains. Supported modules: Linear, Flatten, ReLU, Tanh, Sigmoid, Hardtanh, Identity;
-    anything else raises ``ValueError`` naming the module.
+    ``f_l(s) = act_l(s A_l + b_l)`` with ``A_l`` of shape ``([M,] n_{l−1}, n_l)``. The free equilibrium (input
+    clamped, ``β = 0``) is exactly the feed-forward pass: the free phase costs one pass and only the nudged
+    phases relax. Subclasses provide ``sizes``, ``check_layer`` and the four layer accessors
+    ``_in_out(l)`` (``A_l``), ``_bias(l)`` (``b_l`` or ``None``), ``_activate(l, pre)`` (output and derivative)
+    and ``_param_grads(l, g_in_out, g_bias)`` (map gradients of ``A_l``/``b_l`` to the real parameters).
 
     Dynamics of ``F = E + βC`` (input clamped):
 
     * ``"fixed_point"`` — from the current states, the top-down error messages ``ẽ_L = −β ∂C/∂s_L``,
-      ``ẽ_l = J_{l+1}(s_l)ᵀ ẽ_{l+1}`` (each layer hears only its upper neighbour, through the same weights), then the
-      bottom-up states ``s_l = f_l(s_{l−1}) + ẽ_l``. Its fixed points are exactly the stationary points of ``F``
-      (``e_L = −β∂C/∂s_L``, ``e_l = J_{l+1}ᵀe_{l+1}``) and it contracts fast for small β.
+      ``ẽ_l = J_{l+1}(s_l)ᵀ ẽ_{l+1}`` (each layer hears only its upper neighbour, through the same weights), then
+      the bottom-up states ``s_l = f_l(s_{l−1}) + ẽ_l``. Its fixed points are exactly the stationary points of
+      ``F`` (``e_L = −β∂C/∂s_L``, ``e_l = J_{l+1}ᵀe_{l+1}``) and it contracts fast for small β.
     * ``"gradient"`` — ``s_l ← s_l − ε[(s_l − f_l) − J_{l+1}ᵀ(s_{l+1} − f_{l+1}) + β∂C/∂s_L]``.
 
-    The local rule: ``∂E/∂W_l = −mean_b (e_l ⊙ f_l')ᵀ s_{l−1}``, ``∂E/∂b_l = −mean_b e_l ⊙ f_l'``.
+    The local rule: ``∂E/∂A_l = −mean_b s_{l−1}ᵀ(e_l ⊙ f_l')``, ``∂E/∂b_l = −mean_b e_l ⊙ f_l'``.
+    """
+
+    sizes: list[int]
+
+    def _in_out(self, l: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _bias(self, l: int) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def _activate(self, l: int, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _param_grads(
+        self, l: int, g_in_out: torch.Tensor, g_bias: torch.Tensor
+    ) -> dict[nn.Parameter, torch.Tensor]:
+        raise NotImplementedError
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.sizes)
+
+    def _f(self, l: int, below: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f_l(s_{l−1})`` and its activation derivative at the pre-activation."""
+        pre = below @ self._in_out(l)
+        b = self._bias(l)
+        if b is not None:
+            pre = pre + b.unsqueeze(-2)
+        return self._activate(l, pre)
+
+    def _f1(self, s0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f_1(s_0)``, cached for the same input tensor and unchanged first-layer parameters.
+
+        The input is clamped in every phase of an EP step, so the first layer's matmul is done once per step.
+        """
+        a, b = self._in_out(1), self._bias(1)
+        key = (id(s0), s0._version, id(a), a._version, None if b is None else b._version)
+        cached = getattr(self, "_f1_cache", None)
+        if cached is not None and cached[0] == key and cached[1] is s0:
+            return cached[2]
+        out = self._f(1, s0)
+        self._f1_cache = (key, s0, out)
+        return out
+
+    def _fl(self, l: int, states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._f1(states[0]) if l == 1 else self._f(l, states[l - 1])
+
+    @torch.no_grad()
+    def feedforward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        states = [self.check_layer(0, x, "input")]
+        for l in range(1, self.num_layers):
+            states.append(self._fl(l, states)[0])
+        return states
+
+    def errors(self, states: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Prediction errors ``e_l = s_l − f_l(s_{l−1})`` and derivatives ``f_l'`` (index 0 unused)."""
+        es, ds = [torch.zeros(0)], [torch.zeros(0)]
+        for l in range(1, self.num_layers):
+            f, d = self._fl(l, states)
+            es.append(states[l] - f)
+            ds.append(d)
+        return es, ds
+
+    def energy(self, states: Sequence[torch.Tensor]) -> torch.Tensor:
+        es, _ = self.errors(states)
+        return sum(0.5 * (e**2).sum(-1) for e in es[1:])
+
+    def check_mode(self, mode: str, free: Sequence[int]) -> None:
+        if list(free) != list(range(1, self.num_layers)):
+            raise ValueError(f"{type(self).__name__} relaxes with exactly the input layer clamped")
+
+    def relax_context(self, states: Sequence[torch.Tensor], clamped: set[int]) -> dict:
+        return {"f1": self._f1(states[0])}  # the input is clamped: f_1(s_0) is constant
+
+    def relax_step(self, states, free, ctx, mode, beta, cost, target, eps) -> list[torch.Tensor]:
+        L = self.num_layers - 1
+        fs = [None, ctx["f1"]] + [self._f(l, states[l - 1]) for l in range(2, L + 1)]
+        s = list(states)
+        if mode == "fixed_point":
+            msg = [None] * (L + 1)
+            msg[L] = (
+                -beta * cost.grad_state(states[L], target) if beta != 0.0 else torch.zeros_like(states[L])
+            )
+            for l in range(L - 1, 0, -1):
+                msg[l] = (msg[l + 1] * fs[l + 1][1]) @ self._in_out(l + 1).transpose(-1, -2)
+            s[1] = fs[1][0] + msg[1]
+            for l in range(2, L + 1):
+                s[l] = self._f(l, s[l - 1])[0] + msg[l]
+            return s
+        es = [None] + [states[l] - fs[l][0] for l in range(1, L + 1)]
+        for l in range(1, L + 1):
+            g = es[l]
+            if l < L:
+                g = g - (es[l + 1] * fs[l + 1][1]) @ self._in_out(l + 1).transpose(-1, -2)
+            elif beta != 0.0:
+                g = g + beta * cost.grad_state(states[L], target)
+            s[l] = states[l] - eps * g
+        return s
+
+    def energy_param_grad_diff(
+        self, a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]
+    ) -> dict[nn.Parameter, torch.Tensor]:
+        batch = a[0].shape[-2]
+        ea, da = self.errors(a)
+        eb, db = ea, da
+        if any(x is not y for x, y in zip(a, b)):
+            eb, db = self.errors(b)
+        out: dict[nn.Parameter, torch.Tensor] = {}
+        for l in range(1, self.num_layers):
+            ga, gb = ea[l] * da[l], eb[l] * db[l]
+            if a[l - 1] is b[l - 1]:
+                gw = a[l - 1].transpose(-1, -2) @ (ga - gb)
+            else:
+                gw = a[l - 1].transpose(-1, -2) @ ga - b[l - 1].transpose(-1, -2) @ gb
+            out.update(self._param_grads(l, -gw / batch, -(ga - gb).mean(-2)))
+        return out
+
+
+class SequentialEnergy(PredictionErrorEnergy):
+    """The prediction-error energy of an ``nn.Sequential`` (see :class:`PredictionErrorEnergy`).
+
+    ``f_l`` is the model's ``l``-th ``Linear`` followed by its elementwise activations; leading ``Flatten`` modules
+    turn the input into ``s_0``. The free equilibrium is the forward pass, so ``model(x)`` is what EP trains.
+    Supported modules: Linear, Flatten, ReLU, Tanh, Sigmoid, Hardtanh, Identity; anything else raises
+    ``ValueError`` naming the module.
     """
 
     def __init__(self, model: nn.Sequential) -> None:
@@ -496,10 +624,6 @@ class SequentialEnergy(LayeredEnergy):
                     f"Linear {i} expects {lin.in_features} inputs but the layer below has {n_in}"
                 )
 
-    @property
-    def num_layers(self) -> int:
-        return len(self.sizes)
-
     def check_layer(self, l: int, value: torch.Tensor, what: str = "state") -> torch.Tensor:
         p = self.linears[0].weight
         value = torch.as_tensor(value).to(device=p.device, dtype=p.dtype)
@@ -516,97 +640,100 @@ class SequentialEnergy(LayeredEnergy):
             raise ValueError(f"{what} for layer {l} contains NaN or inf")
         return value
 
-    def _f(self, l: int, below: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``f_l(s_{l−1})`` and its activation derivative at the pre-activation."""
-        lin = self.linears[l - 1]
-        pre = below @ lin.weight.T
-        if lin.bias is not None:
-            pre = pre + lin.bias
+    def _in_out(self, l: int) -> torch.Tensor:
+        return self.linears[l - 1].weight.T
+
+    def _bias(self, l: int) -> torch.Tensor | None:
+        return self.linears[l - 1].bias
+
+    def _activate(self, l: int, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return _act_and_prime(self.acts[l - 1], pre)
 
-    @torch.no_grad()
-    def feedforward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        states = [self.check_layer(0, x, "input")]
-        for l in range(1, self.num_layers):
-            states.append((self._f1(states[0]) if l == 1 else self._f(l, states[-1]))[0])
-        return states
-
-    def errors(self, states: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """Prediction errors ``e_l = s_l − f_l(s_{l−1})`` and derivatives ``f_l'`` (index 0 unused)."""
-        es, ds = [torch.zeros(0)], [torch.zeros(0)]
-        for l in range(1, self.num_layers):
-            f, d = self._f1(states[0]) if l == 1 else self._f(l, states[l - 1])
-            es.append(states[l] - f)
-            ds.append(d)
-        return es, ds
-
-    def energy(self, states: Sequence[torch.Tensor]) -> torch.Tensor:
-        es, _ = self.errors(states)
-        return sum(0.5 * (e**2).sum(-1) for e in es[1:])
-
-    def check_mode(self, mode: str, free: Sequence[int]) -> None:
-        if list(free) != list(range(1, self.num_layers)):
-            raise ValueError("SequentialEnergy relaxes with exactly the input layer clamped")
-
-    def _f1(self, s0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``f_1(s_0)``, cached for the same input tensor and unchanged first-layer parameters.
-
-        The input is clamped in every phase of an EP step, so the largest matmul is done once per step.
-        """
-        lin = self.linears[0]
-        key = (id(s0), s0._version, lin.weight._version, None if lin.bias is None else lin.bias._version)
-        cached = getattr(self, "_f1_cache", None)
-        if cached is not None and cached[0] == key and cached[1] is s0:
-            return cached[2]
-        out = self._f(1, s0)
-        self._f1_cache = (key, s0, out)
+    def _param_grads(self, l, g_in_out, g_bias):
+        lin = self.linears[l - 1]
+        out = {lin.weight: g_in_out.T}
+        if lin.bias is not None:
+            out[lin.bias] = g_bias
         return out
 
-    def relax_context(self, states: Sequence[torch.Tensor], clamped: set[int]) -> dict:
-        return {"f1": self._f1(states[0])}  # the input is clamped: f_1(s_0) is constant
 
-    def relax_step(self, states, free, ctx, mode, beta, cost, target, eps) -> list[torch.Tensor]:
-        L = self.num_layers - 1
-        fs = [None, ctx["f1"]] + [self._f(l, states[l - 1]) for l in range(2, L + 1)]
-        s = list(states)
-        if mode == "fixed_point":
-            msg = [None] * (L + 1)
-            msg[L] = (
-                -beta * cost.grad_state(states[L], target) if beta != 0.0 else torch.zeros_like(states[L])
+class EnsembleMLPEnergy(PredictionErrorEnergy):
+    """An ensemble of ``M`` MLPs as one batched prediction-error energy (weights ``(M, n_in, n_out)``).
+
+    Hidden layers use ``activation`` (``tanh``, ``relu`` or ``sigmoid``); the output is linear.
+    States are ``(M, B, n_l)``; an input ``(B, n_0)`` is shared by all members, ``(M, B, n_0)`` gives each
+    member its own batch (bootstrapped training).
+
+    Args:
+        sizes: Layer sizes, input first.
+        members: Ensemble size ``M``.
+        activation: Hidden activation.
+        generator: Generator for a reproducible initialisation (PyTorch's ``Linear`` default scale).
+    """
+
+    _ACTS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        members: int = 5,
+        activation: str = "tanh",
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        sizes = [int(n) for n in sizes]
+        if len(sizes) < 2 or any(n <= 0 for n in sizes):
+            raise ValueError(f"sizes must list at least 2 positive layer sizes, got {sizes}")
+        if members < 1:
+            raise ValueError(f"members must be >= 1, got {members}")
+        if activation not in self._ACTS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(self._ACTS)}")
+        self.sizes, self.members, self.activation = sizes, int(members), activation
+        self._act = [self._ACTS[activation]()]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1.0 / math.sqrt(n_in)
+            w = (torch.rand(members, n_in, n_out, generator=generator, dtype=dtype) * 2 - 1) * bound
+            b = (torch.rand(members, n_out, generator=generator, dtype=dtype) * 2 - 1) * bound
+            self.weights.append(nn.Parameter(w.to(device)))
+            self.biases.append(nn.Parameter(b.to(device)))
+
+    def check_layer(self, l: int, value: torch.Tensor, what: str = "state") -> torch.Tensor:
+        p = self.weights[0]
+        value = torch.as_tensor(value).to(device=p.device, dtype=p.dtype)
+        n = self.sizes[l]
+        if value.dim() == 1:
+            value = value.unsqueeze(0)
+        if value.dim() == 2:
+            value = value.unsqueeze(0).expand(self.members, *value.shape)
+        if value.dim() != 3 or value.shape[0] != self.members or value.shape[-1] != n:
+            raise ValueError(
+                f"{what} for layer {l} must be (B, {n}) or ({self.members}, B, {n}), got {tuple(value.shape)}"
             )
-            for l in range(L - 1, 0, -1):
-                msg[l] = (msg[l + 1] * fs[l + 1][1]) @ self.linears[l].weight
-            s[1] = fs[1][0] + msg[1]
-            for l in range(2, L + 1):
-                s[l] = self._f(l, s[l - 1])[0] + msg[l]
-            return s
-        es = [None] + [states[l] - fs[l][0] for l in range(1, L + 1)]
-        for l in range(1, L + 1):
-            g = es[l]
-            if l < L:
-                g = g - (es[l + 1] * fs[l + 1][1]) @ self.linears[l].weight
-            elif beta != 0.0:
-                g = g + beta * cost.grad_state(states[L], target)
-            s[l] = states[l] - eps * g
-        return s
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{what} for layer {l} contains NaN or inf")
+        return value
 
-    def energy_param_grad_diff(
-        self, a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]
-    ) -> dict[nn.Parameter, torch.Tensor]:
-        batch = a[0].shape[0]
-        ea, da = self.errors(a)
-        eb, db = ea, da
-        if any(x is not y for x, y in zip(a, b)):
-            eb, db = self.errors(b)
-        out: dict[nn.Parameter, torch.Tensor] = {}
+    def _in_out(self, l: int) -> torch.Tensor:
+        return self.weights[l - 1]
+
+    def _bias(self, l: int) -> torch.Tensor | None:
+        return self.biases[l - 1]
+
+    def _activate(self, l: int, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if l == self.num_layers - 1:
+            return pre, torch.ones_like(pre)
+        return _act_and_prime(self._act, pre)
+
+    def _param_grads(self, l, g_in_out, g_bias):
+        return {self.weights[l - 1]: g_in_out, self.biases[l - 1]: g_bias}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of every member (the free equilibrium's last layer), ``(M, B, n_L)``; differentiable."""
+        h = self.check_layer(0, x, "input")
         for l in range(1, self.num_layers):
-            lin = self.linears[l - 1]
-            ga, gb = ea[l] * da[l], eb[l] * db[l]
-            if a[l - 1] is b[l - 1]:
-                gw = (ga - gb).T @ a[l - 1]
-            else:
-                gw = ga.T @ a[l - 1] - gb.T @ b[l - 1]
-            out[lin.weight] = -gw / batch
-            if lin.bias is not None:
-                out[lin.bias] = -(ga - gb).mean(0)
-        return out
+            h = self._f(l, h)[0]
+        return h

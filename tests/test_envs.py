@@ -1,3 +1,5 @@
+import warnings
+
 import eqagent.envs
 import gymnasium as gym
 import numpy as np
@@ -11,7 +13,9 @@ from eqagent.plasticity import PlasticRNN
 @pytest.mark.parametrize("env_id", eqagent.envs.ENV_IDS)
 def test_check_env_on_every_registered_id(env_id):
     env = gym.make(env_id)
-    check_env(env.unwrapped, skip_render_check=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # check_env warns that the shift envs are wrappers
+        check_env(env, skip_render_check=True)
 
 
 def test_envs_install_under_the_eqagent_namespace():
@@ -52,3 +56,24 @@ def test_a_plastic_net_acts_in_the_env():
 def test_bad_settings():
     with pytest.raises(ValueError, match="bad PatternCompletion"):
         gym.make("eqagent/PatternCompletion-v0", n=1)
+
+
+def test_physics_shift_happens_at_the_chosen_step():
+    env = gym.make("eqagent/CartPoleShift-v0", shift_step=5)
+    env.reset(seed=0)
+    g0 = env.unwrapped.gravity
+    infos = []
+    for _ in range(7):
+        _, _, term, trunc, info = env.step(0)
+        infos.append(info["physics_shifted"])
+        if term or trunc:
+            env.reset()
+    assert infos[:5] == [False] * 5 and infos[-1] is True
+    assert env.unwrapped.gravity == 2 * g0
+    assert env.unwrapped.total_mass == pytest.approx(env.unwrapped.masscart + env.unwrapped.masspole)
+    pend = gym.make("eqagent/PendulumShift-v0", shift_step=0)
+    pend.reset(seed=0)
+    pend.step(pend.action_space.sample())
+    assert pend.unwrapped.m == 2.0
+    with pytest.raises(ValueError, match="no attribute"):
+        eqagent.envs.PhysicsShiftWrapper(gym.make("CartPole-v1"), 3, {"warp": 9})

@@ -1,0 +1,439 @@
+"""The EP world model: ``(obs, action) → (Δobs, reward, termination)``, learned online by Equilibrium Propagation.
+
+An ensemble of ``M`` MLPs is one batched layer-wise prediction-error energy
+(:class:`eqagent.energy.EnsembleMLPEnergy`): its free equilibrium is the forward pass, so imagination costs one
+batched pass per imagined step, and learning is the engine's EP step (symmetric ±β nudged relaxations through
+:func:`eqagent.ep.ep_gradients`, local updates written into ``.grad``, Adam).
+
+Online flow (DESIGN, "the agent, one env step"): the planner's free-phase prediction for the chosen action is
+kept; :meth:`EPWorldModel.observe` compares it with the real next frame (surprise), the
+:class:`eqagent.surprise.SurpriseGate` turns the surprise into a learning-rate multiplier, and — unless the gate
+is closed — one EP update on the new transition plus a bootstrapped replay minibatch follows. Replay is a
+bounded ring buffer: memory stays flat over any run length. Normalisers update online and are saved with the
+model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from eqagent.costs import Cost
+from eqagent.energy import EnsembleMLPEnergy
+from eqagent.ep import EPConfig, ep_gradients
+from eqagent.surprise import SurpriseGate, SurpriseGateConfig
+
+__all__ = ["EPWorldModel", "ReplayBuffer", "RunningNormalizer", "WorldModelConfig", "WorldModelCost"]
+
+
+class RunningNormalizer(nn.Module):
+    """Online mean/std (Welford over all data seen), saved as buffers.
+
+    Args:
+        dim: Feature dimension.
+        min_std: Floor of the standard deviation.
+    """
+
+    def __init__(self, dim: int, min_std: float = 1e-3) -> None:
+        super().__init__()
+        self.min_std = float(min_std)
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
+        self.register_buffer("m2", torch.zeros(dim, dtype=torch.float64))
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().to(torch.float64).reshape(-1, self.mean.shape[0])
+        n = x.shape[0]
+        if n == 0:
+            return
+        bmean = x.mean(0)
+        bm2 = ((x - bmean) ** 2).sum(0)
+        tot = self.count + n
+        delta = bmean - self.mean
+        self.mean += delta * n / tot
+        self.m2 += bm2 + delta**2 * self.count * n / tot
+        self.count.fill_(float(tot))
+
+    @property
+    def std(self) -> torch.Tensor:
+        var = self.m2 / self.count.clamp_min(1.0)
+        return var.sqrt().clamp_min(self.min_std)
+
+    def normalize(self, x: torch.Tensor) -> torch.Tensor:
+        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+
+    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.std.to(x.dtype) + self.mean.to(x.dtype)
+
+
+class ReplayBuffer:
+    """A bounded FIFO of transitions (numpy ring buffer): memory is fixed at construction."""
+
+    def __init__(self, capacity: int, obs_dim: int, act_dim: int) -> None:
+        if capacity < 1:
+            raise ValueError(f"replay capacity must be >= 1, got {capacity}")
+        self.capacity = int(capacity)
+        self.obs = np.zeros((capacity, obs_dim), np.float32)
+        self.act = np.zeros((capacity, act_dim), np.float32)
+        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
+        self.reward = np.zeros(capacity, np.float32)
+        self.term = np.zeros(capacity, np.float32)
+        self.size = 0
+        self.pos = 0
+
+    def add(self, obs, act, next_obs, reward, term) -> None:
+        i = self.pos
+        self.obs[i], self.act[i], self.next_obs[i] = obs, act, next_obs
+        self.reward[i], self.term[i] = reward, term
+        self.pos = (self.pos + 1) % self.capacity
+        self.size = min(self.size + 1, self.capacity)
+
+    def sample(self, idx: np.ndarray) -> tuple[np.ndarray, ...]:
+        return self.obs[idx], self.act[idx], self.next_obs[idx], self.reward[idx], self.term[idx]
+
+
+class WorldModelCost(Cost):
+    """Cost on the world model's output ``[Δobs (d), reward (1), termination logit (1)]``.
+
+    ``C = ½‖Δ̂ − Δ‖² + ½(r̂ − r)² + w·BCE(σ(t̂), t)`` in normalised units.
+    """
+
+    def __init__(self, obs_dim: int, term_weight: float = 1.0) -> None:
+        super().__init__()
+        self.obs_dim = obs_dim
+        self.term_weight = float(term_weight)
+
+    def check_target(self, target: torch.Tensor, s_out: torch.Tensor) -> torch.Tensor:
+        target = torch.as_tensor(target).to(device=s_out.device, dtype=s_out.dtype)
+        if target.shape[-1] != self.obs_dim + 2:
+            raise ValueError(
+                f"world-model target must have {self.obs_dim + 2} columns, got {tuple(target.shape)}"
+            )
+        if target.dim() == 2:
+            target = target.unsqueeze(0).expand_as(s_out)
+        if target.shape != s_out.shape:
+            raise ValueError(f"world-model target shape {tuple(target.shape)} != output {tuple(s_out.shape)}")
+        if not torch.isfinite(target).all():
+            raise ValueError("world-model target contains NaN or inf")
+        return target
+
+    def value(self, s_out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        k = self.obs_dim + 1
+        sq = 0.5 * ((s_out[..., :k] - target[..., :k]) ** 2).sum(-1)
+        bce = nn.functional.binary_cross_entropy_with_logits(s_out[..., k], target[..., k], reduction="none")
+        return sq + self.term_weight * bce
+
+    def grad_state(self, s_out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        k = self.obs_dim + 1
+        g = s_out - target
+        g[..., k] = self.term_weight * (torch.sigmoid(s_out[..., k]) - target[..., k])
+        return g
+
+
+@dataclass
+class WorldModelConfig:
+    """Settings of :class:`EPWorldModel`.
+
+    Attributes:
+        hidden: Hidden layer sizes of each member.
+        members: Ensemble size (disagreement = the planner's epistemic signal).
+        activation: Hidden activation (tanh, relu, sigmoid).
+        learner: ``ep`` (Equilibrium Propagation) or ``bp`` (backprop through the same ensemble: the baseline).
+        lr: Adam learning rate (multiplied by the gate).
+        beta: EP nudging strength.
+        settle_steps: EP nudged relaxation steps.
+        batch_size: Transitions per member and update (the new one plus replay samples).
+        replay_size: Replay capacity.
+        updates_per_step: EP updates per observed step (when the gate is open).
+        gate: Use the surprise gate (else every step updates at full lr).
+        gate_config: Surprise-gate settings.
+        term_weight: Weight of the termination cross-entropy.
+        seed: Random seed (initialisation and replay sampling).
+    """
+
+    hidden: tuple[int, ...] = (64, 64)
+    members: int = 5
+    activation: str = "tanh"
+    learner: str = "ep"
+    lr: float = 1e-3
+    beta: float = 0.01
+    settle_steps: int = 3
+    batch_size: int = 32
+    replay_size: int = 20000
+    updates_per_step: int = 1
+    gate: bool = True
+    gate_config: SurpriseGateConfig = field(default_factory=SurpriseGateConfig)
+    term_weight: float = 1.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.learner not in ("ep", "bp"):
+            raise ValueError(f"learner must be 'ep' or 'bp', got {self.learner!r}")
+        if self.members < 1 or self.batch_size < 1 or self.updates_per_step < 0:
+            raise ValueError("members and batch_size must be >= 1, updates_per_step >= 0")
+        if not self.lr > 0 or not self.beta > 0:
+            raise ValueError(f"lr and beta must be > 0, got {self.lr}, {self.beta}")
+
+
+def _space_dims(observation_space, action_space) -> tuple[int, int, bool]:
+    """Dims of Gymnasium-style spaces, duck-typed (the core does not import gymnasium)."""
+    obs_shape = getattr(observation_space, "shape", None)
+    if type(observation_space).__name__ != "Box" or obs_shape is None or len(obs_shape) != 1:
+        raise ValueError(f"the world model needs a 1-D Box observation space, got {observation_space}")
+    kind = type(action_space).__name__
+    if kind == "Discrete":
+        if int(getattr(action_space, "start", 0)) != 0:
+            raise ValueError(f"Discrete action spaces must start at 0, got {action_space}")
+        return obs_shape[0], int(action_space.n), True
+    if kind == "Box" and len(action_space.shape) == 1:
+        return obs_shape[0], action_space.shape[0], False
+    raise ValueError(f"the world model needs a Discrete or 1-D Box action space, got {action_space}")
+
+
+class EPWorldModel(nn.Module):
+    """Ensemble world model of a Gymnasium env, learned online (see the module docstring).
+
+    Args:
+        observation_space: A 1-D ``Box``.
+        action_space: ``Discrete`` or 1-D ``Box``.
+        config: :class:`WorldModelConfig`.
+    """
+
+    def __init__(self, observation_space, action_space, config: WorldModelConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or WorldModelConfig()
+        self.obs_dim, self.act_dim, self.discrete = _space_dims(observation_space, action_space)
+        self.action_space = action_space
+        if not self.discrete:
+            low, high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
+            if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
+                raise ValueError("Box action spaces must be bounded")
+            self.register_buffer("act_low", torch.from_numpy(low))
+            self.register_buffer("act_high", torch.from_numpy(high))
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.in_dim, self.out_dim = self.obs_dim + self.act_dim, self.obs_dim + 2
+        self.energy = EnsembleMLPEnergy(
+            [self.in_dim, *cfg.hidden, self.out_dim], cfg.members, cfg.activation, generator=gen
+        )
+        self.cost = WorldModelCost(self.obs_dim, cfg.term_weight)
+        self.obs_norm = RunningNormalizer(self.obs_dim)
+        self.delta_norm = RunningNormalizer(self.obs_dim)
+        self.reward_norm = RunningNormalizer(1)
+        self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=cfg.lr)
+        self.ep = EPConfig(beta=cfg.beta, symmetric=True, free_steps=0, nudged_steps=cfg.settle_steps)
+        self.gate = SurpriseGate(cfg.gate_config)
+        self.replay = ReplayBuffer(cfg.replay_size, self.obs_dim, self.act_dim)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.updates = 0
+        self.observed = 0
+
+    # ------------------------------------------------------------------ encoding
+    def encode_action(self, action) -> torch.Tensor:
+        """One-hot (Discrete) or scaled to [−1, 1] (Box); shape ``(..., act_dim)``."""
+        a = torch.as_tensor(np.asarray(action))
+        if self.discrete:
+            if a.is_floating_point():
+                a = a.round()
+            a = a.long()
+            if a.numel() and (int(a.min()) < 0 or int(a.max()) >= self.act_dim):
+                raise ValueError(
+                    f"discrete actions must lie in [0, {self.act_dim}), got {a.flatten()[:5].tolist()}"
+                )
+            return nn.functional.one_hot(a, self.act_dim).float()
+        a = a.float()
+        if a.shape[-1] != self.act_dim:
+            raise ValueError(f"Box actions must have last dimension {self.act_dim}, got {tuple(a.shape)}")
+        a = torch.maximum(torch.minimum(a, self.act_high), self.act_low)
+        return 2 * (a - self.act_low) / (self.act_high - self.act_low).clamp_min(1e-8) - 1
+
+    def _check_obs(self, obs) -> torch.Tensor:
+        o = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
+        if o.shape[-1] != self.obs_dim:
+            raise ValueError(f"observations must have last dimension {self.obs_dim}, got {tuple(o.shape)}")
+        if not torch.isfinite(o).all():
+            raise ValueError("observation contains NaN or inf")
+        return o
+
+    def model_input(self, obs: torch.Tensor, act_enc: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.obs_norm.normalize(obs).clamp(-10, 10), act_enc], dim=-1)
+
+    # ------------------------------------------------------------------ prediction
+    @torch.no_grad()
+    def predict_members(self, obs, action) -> dict[str, torch.Tensor]:
+        """Free-phase predictions of every member for a batch.
+
+        Returns:
+            ``next_obs`` ``(M, B, d)``, ``reward`` ``(M, B)``, ``term_prob`` ``(M, B)`` (denormalised), and the raw
+            normalised output ``out`` ``(M, B, d + 2)``.
+        """
+        o = self._check_obs(obs).reshape(-1, self.obs_dim)
+        a = self.encode_action(action).reshape(o.shape[0], self.act_dim)
+        out = self.energy.feedforward(self.model_input(o, a))[-1]  # (M, B, d+2): the free equilibrium
+        return self._decode(o, out)
+
+    def _decode(self, o: torch.Tensor, out: torch.Tensor) -> dict[str, torch.Tensor]:
+        d = self.obs_dim
+        return {
+            "out": out,
+            "next_obs": o + self.delta_norm.denormalize(out[..., :d]),
+            "reward": self.reward_norm.denormalize(out[..., d : d + 1])[..., 0],
+            "term_prob": torch.sigmoid(out[..., d + 1]),
+        }
+
+    @torch.no_grad()
+    def predict(self, obs, action) -> dict[str, torch.Tensor]:
+        """Ensemble-mean prediction ``next_obs (B, d)``, ``reward (B,)``, ``term_prob (B,)`` plus
+        ``disagreement (B,)`` (mean variance of the members' normalised Δobs) and the per-member ``out``."""
+        p = self.predict_members(obs, action)
+        d = self.obs_dim
+        return {
+            "next_obs": p["next_obs"].mean(0),
+            "reward": p["reward"].mean(0),
+            "term_prob": p["term_prob"].mean(0),
+            "disagreement": p["out"][..., :d].var(0, unbiased=False).mean(-1),
+            "out": p["out"],
+        }
+
+    @torch.no_grad()
+    def imagine(self, obs, action_sequences) -> dict[str, torch.Tensor]:
+        """Rolls every member forward from ``obs`` along each action sequence (one batched pass per step).
+
+        Args:
+            obs: A single observation ``(d,)`` (broadcast) or one per sequence ``(N, d)``.
+            action_sequences: ``(N, H)`` discrete actions or ``(N, H, act_dim)`` Box actions.
+
+        Returns:
+            ``obs`` ``(M, N, H + 1, d)``, ``reward`` ``(M, N, H)``, ``term_prob`` ``(M, N, H)``,
+            ``disagreement`` ``(N, H)``.
+        """
+        seq = torch.as_tensor(
+            np.asarray(action_sequences) if not torch.is_tensor(action_sequences) else action_sequences
+        )
+        n, h = seq.shape[0], seq.shape[1]
+        enc = self.encode_action(seq)  # (N, H, A)
+        o = self._check_obs(obs)
+        o = o.expand(n, self.obs_dim) if o.dim() == 1 else o
+        m = self.config.members
+        cur = (
+            o.unsqueeze(0).expand(m, n, self.obs_dim).contiguous()
+        )  # (M, N, d): each member its own trajectory
+        obs_out, rew, term, dis = [cur], [], [], []
+        d = self.obs_dim
+        for t in range(h):
+            x = self.model_input(cur, enc[:, t].unsqueeze(0).expand(m, n, self.act_dim))
+            states = [x]
+            for l in range(1, self.energy.num_layers):
+                states.append(self.energy._f(l, states[-1])[0])
+            out = states[-1]
+            dec = self._decode(cur, out)
+            cur = dec["next_obs"]
+            obs_out.append(cur)
+            rew.append(dec["reward"])
+            term.append(dec["term_prob"])
+            dis.append(out[..., :d].var(0, unbiased=False).mean(-1))
+        return {
+            "obs": torch.stack(obs_out, 2),
+            "reward": torch.stack(rew, 2),
+            "term_prob": torch.stack(term, 2),
+            "disagreement": torch.stack(dis, 1),
+        }
+
+    # ------------------------------------------------------------------ learning
+    def _targets(self, obs: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor, term: torch.Tensor):
+        return torch.cat(
+            [
+                self.delta_norm.normalize(next_obs - obs),
+                self.reward_norm.normalize(reward[..., None]),
+                term[..., None],
+            ],
+            dim=-1,
+        )
+
+    def prediction_error(self, out: torch.Tensor, obs, next_obs, reward) -> float:
+        """Squared error of the ensemble-mean normalised Δobs and reward prediction vs the real outcome."""
+        o = self._check_obs(obs).reshape(-1, self.obs_dim)
+        no = self._check_obs(next_obs).reshape(-1, self.obs_dim)
+        r = torch.as_tensor(np.asarray(reward), dtype=torch.float32).reshape(-1)
+        tgt = self._targets(o, no, r, torch.zeros_like(r))[..., : self.obs_dim + 1]
+        pred = out.mean(0)[..., : self.obs_dim + 1]
+        return float(((pred - tgt) ** 2).mean())
+
+    def observe(
+        self, obs, action, next_obs, reward: float, terminated: bool, prediction: torch.Tensor | None = None
+    ):
+        """Learns from one real transition (see the module docstring).
+
+        Args:
+            obs, action, next_obs, reward, terminated: The transition.
+            prediction: The kept free-phase output ``(M, 1, d + 2)`` for ``(obs, action)`` (e.g. from planning);
+                computed here when ``None``.
+
+        Returns:
+            ``dict(error, surprise, gate, updated)``.
+        """
+        o, no = self._check_obs(obs), self._check_obs(next_obs)
+        if not np.isfinite(reward):
+            raise ValueError(f"reward must be finite, got {reward}")
+        if prediction is None:
+            prediction = self.predict_members(
+                o, np.asarray(action).reshape(1, -1) if not self.discrete else [action]
+            )["out"]
+        error = self.prediction_error(prediction, o, no, reward) if self.observed > 0 else 1.0
+        a = self.encode_action(np.asarray([action]) if self.discrete else np.asarray(action)[None])[0]
+        self.replay.add(o.numpy(), a.numpy(), no.numpy(), float(reward), float(bool(terminated)))
+        self.obs_norm.update(o[None])
+        self.delta_norm.update((no - o)[None])
+        self.reward_norm.update(torch.tensor([[float(reward)]]))
+        self.observed += 1
+        g = self.gate(error) if self.config.gate else 1.0
+        updated = False
+        if not (self.config.gate and self.gate.skip(g)):
+            for _ in range(self.config.updates_per_step):
+                self.update(lr_scale=g)
+                updated = True
+        return {"error": error, "surprise": self.gate.last_surprise, "gate": g, "updated": updated}
+
+    def update(self, lr_scale: float = 1.0) -> float:
+        """One learning step on the newest transition plus a bootstrapped replay minibatch per member."""
+        cfg = self.config
+        n = self.replay.size
+        if n == 0:
+            return float("nan")
+        m, b = cfg.members, min(cfg.batch_size, n)
+        idx = self.rng.integers(0, n, size=(m, b))
+        idx[:, 0] = (self.replay.pos - 1) % self.replay.capacity  # the newest transition, for every member
+        o, a, no, r, t = (torch.from_numpy(v) for v in self.replay.sample(idx))
+        x = self.model_input(o, a)  # (M, B, in)
+        y = self._targets(o, no, r, t)
+        for group in self.optimizer.param_groups:
+            group["lr"] = cfg.lr * lr_scale
+        self.optimizer.zero_grad(set_to_none=True)
+        if cfg.learner == "ep":
+            step = ep_gradients(self.energy, self.cost, x, y, self.ep)
+            for p, g in step.grads.items():
+                p.grad = g  # each member's slice: the gradient of its own batch-mean cost
+            loss = step.loss
+        else:
+            out = self.energy(x)
+            lossv = self.cost.value(out, self.cost.check_target(y, out)).mean(-1).sum()
+            lossv.backward()
+            loss = float(lossv.detach()) / m
+        self.optimizer.step()
+        self.updates += 1
+        return loss
+
+    # ------------------------------------------------------------------ persistence
+    def get_extra_state(self) -> dict:
+        return {"gate": self.gate.state_dict(), "observed": self.observed, "updates": self.updates}
+
+    def set_extra_state(self, state: dict) -> None:
+        self.gate.load_state_dict(state["gate"])
+        self.observed, self.updates = int(state["observed"]), int(state["updates"])
+
+    def config_dict(self) -> dict:
+        d = asdict(self.config)
+        d["hidden"] = list(d["hidden"])
+        return d

@@ -1,0 +1,132 @@
+import eqagent.envs  # noqa: F401
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+from eqagent.agents.worldmodel_bench import WorldModelBenchConfig, random_stream, run_worldmodel_bench
+
+from eqagent.surprise import SurpriseGate, SurpriseGateConfig
+from eqagent.world_model import EPWorldModel, RunningNormalizer, WorldModelConfig
+
+SMALL = dict(hidden=(16, 16), members=3, batch_size=16)
+
+
+def _nmse(wm, test):
+    o = np.array([t[0] for t in test])
+    a = np.array([t[1] for t in test])
+    no = np.array([t[2] for t in test])
+    p = wm.predict(o, a)["next_obs"].numpy()
+    return float(np.mean(((p - no) ** 2).mean(0) / (no - o).var(0)))
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_online_learning_reduces_error(env_id):
+    env = gym.make(env_id)
+    stream = random_stream(env, 600, 0)
+    test = random_stream(gym.make(env_id), 300, 1)
+    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(gate=False, lr=3e-3, **SMALL))
+    before = _nmse(wm, test)
+    for o, a, no, r, term, _, _ in stream:
+        wm.observe(o, a, no, r, term)
+    assert _nmse(wm, test) < 0.3 * before
+    assert wm.updates == 600
+
+
+def test_ep_and_backprop_learners_agree():
+    env = gym.make("CartPole-v1")
+    stream = random_stream(env, 300, 0)
+    test = random_stream(gym.make("CartPole-v1"), 300, 1)
+    errs = {}
+    for learner in ("ep", "bp"):
+        wm = EPWorldModel(
+            env.observation_space, env.action_space, WorldModelConfig(gate=False, learner=learner, **SMALL)
+        )
+        for o, a, no, r, term, _, _ in stream:
+            wm.observe(o, a, no, r, term)
+        errs[learner] = _nmse(wm, test)
+    assert errs["ep"] == pytest.approx(errs["bp"], rel=0.1)
+
+
+def test_gate_closes_on_a_constant_stream_and_opens_on_a_shift():
+    gate = SurpriseGate(SurpriseGateConfig(warmup=50, horizon=200))
+    rng = np.random.default_rng(0)
+    gates = [gate(float(e)) for e in rng.lognormal(np.log(1e-3), 0.3, size=600)]
+    assert np.mean([gate.skip(g) for g in gates[300:]]) >= 0.4
+    assert gate(0.1) == 1.0  # a 100x error jump: fully open
+    with pytest.raises(ValueError, match="finite"):
+        gate(float("nan"))
+
+
+def test_imagine_shapes_and_disagreement():
+    env = gym.make("Pendulum-v1")
+    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(**SMALL))
+    obs, _ = env.reset(seed=0)
+    seqs = np.random.default_rng(0).uniform(-2, 2, size=(7, 4, 1)).astype(np.float32)
+    out = wm.imagine(obs, seqs)
+    assert out["obs"].shape == (3, 7, 5, 3) and out["reward"].shape == (3, 7, 4)
+    assert out["term_prob"].shape == (3, 7, 4) and out["disagreement"].shape == (7, 4)
+    assert (out["disagreement"] > 0).all()
+    torch.testing.assert_close(out["obs"][:, :, 0], torch.as_tensor(obs).expand(3, 7, 3))
+
+
+def test_replay_memory_is_bounded():
+    env = gym.make("CartPole-v1")
+    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(replay_size=50, **SMALL))
+    for o, a, no, r, term, _, _ in random_stream(env, 120, 0):
+        wm.observe(o, a, no, r, term)
+    assert wm.replay.size == 50 and wm.replay.obs.shape[0] == 50
+
+
+def test_state_dict_round_trip_keeps_normalisers_and_predictions():
+    env = gym.make("CartPole-v1")
+    cfg = WorldModelConfig(**SMALL)
+    wm = EPWorldModel(env.observation_space, env.action_space, cfg)
+    for o, a, no, r, term, _, _ in random_stream(env, 50, 0):
+        wm.observe(o, a, no, r, term)
+    wm2 = EPWorldModel(env.observation_space, env.action_space, cfg)
+    wm2.load_state_dict(wm.state_dict())
+    o = np.zeros((2, 4), np.float32)
+    torch.testing.assert_close(wm.predict(o, [0, 1])["next_obs"], wm2.predict(o, [0, 1])["next_obs"])
+    assert wm2.observed == 50 and float(wm2.obs_norm.count) == 50
+
+
+def test_normalizer_matches_numpy():
+    x = torch.randn(100, 3) * 4 + 2
+    n = RunningNormalizer(3)
+    for chunk in x.split(7):
+        n.update(chunk)
+    torch.testing.assert_close(n.mean.float(), x.mean(0), atol=1e-5, rtol=0)
+    torch.testing.assert_close(n.std.float(), x.std(0, unbiased=False), atol=1e-4, rtol=0)
+
+
+def test_bad_spaces_and_inputs_raise():
+    box = gym.spaces.Box(-1, 1, (3,))
+    with pytest.raises(ValueError, match="1-D Box observation"):
+        EPWorldModel(gym.spaces.Box(-1, 1, (2, 2)), gym.spaces.Discrete(2))
+    with pytest.raises(ValueError, match="Discrete or 1-D Box action"):
+        EPWorldModel(box, gym.spaces.MultiBinary(3))
+    wm = EPWorldModel(box, gym.spaces.Discrete(2), WorldModelConfig(**SMALL))
+    with pytest.raises(ValueError, match="NaN"):
+        wm.observe(np.array([0, np.nan, 0]), 0, np.zeros(3), 0.0, False)
+    with pytest.raises(ValueError, match=r"\[0, 2\)"):
+        wm.predict(np.zeros((1, 3)), [5])
+    with pytest.raises(ValueError, match="last dimension 3"):
+        wm.predict(np.zeros((1, 4)), [0])
+
+
+def test_bench_runs_at_tiny_size():
+    out = run_worldmodel_bench(
+        WorldModelBenchConfig(steps=400, test_steps=200, eval_every=100, members=2, hidden=(8,))
+    )
+    for key in (
+        "nmse_ep",
+        "nmse_bp",
+        "ratio",
+        "open_loop_ep",
+        "gate_skip_fraction",
+        "gated_error_increase",
+        "shift_detect_steps",
+        "recovery_steps",
+        "updates_per_second",
+    ):
+        assert key in out
