@@ -69,19 +69,23 @@ def _cartpole_derived(base) -> None:
 
 def make_cartpole_shift(
     shift_step: int | None = 10_000,
-    gravity: float = 9.8 * 2,
-    length: float = 0.5 * 2,
-    masspole: float = 0.1 * 3,
+    gravity: float = 9.8,
+    length: float = 0.75,
+    masspole: float = 0.2,
     **kwargs,
 ) -> gym.Env:
-    """CartPole-v1 whose gravity, pole half-length and pole mass change at ``shift_step``."""
+    """CartPole-v1 whose gravity, pole half-length and pole mass change at ``shift_step``.
+
+    Defaults: the pole gets 1.5× longer and 2× heavier (gravity unchanged), a change the model must re-learn
+    while the scale of the state changes stays comparable.
+    """
     env = gym.make("CartPole-v1", **kwargs)
     return PhysicsShiftWrapper(
         env, shift_step, {"gravity": gravity, "length": length, "masspole": masspole}, _cartpole_derived
     )
 
 
-def make_pendulum_shift(shift_step: int | None = 10_000, m: float = 2.0, l: float = 1.5, **kwargs) -> gym.Env:
-    """Pendulum-v1 whose mass and length change at ``shift_step``."""
+def make_pendulum_shift(shift_step: int | None = 10_000, m: float = 1.5, l: float = 1.3, **kwargs) -> gym.Env:
+    """Pendulum-v1 whose mass and length change at ``shift_step`` (defaults: 1.5× mass, 1.3× length)."""
     env = gym.make("Pendulum-v1", **kwargs)
     return PhysicsShiftWrapper(env, shift_step, {"m": m, "l": l})

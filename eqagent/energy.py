@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -671,7 +672,7 @@ class EnsembleMLPEnergy(PredictionErrorEnergy):
         generator: Generator for a reproducible initialisation (PyTorch's ``Linear`` default scale).
     """
 
-    _ACTS = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+    _ACTS: ClassVar[dict] = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
 
     def __init__(
         self,

@@ -9,6 +9,10 @@ so it is 0 for errors at or below their usual level (nothing to learn: the updat
 protecting what was learned), and rises to 1 for errors ``z_full`` standard deviations above it (a physics
 change). The statistics adapt slowly (``horizon`` steps), so the thresholds follow the model's accuracy as it
 improves, while a lasting shift keeps the gate open long enough to re-learn. During ``warmup`` the gate is 1.
+
+Learning progress also keeps the gate open: while a fast moving average of log-error (``progress_fast`` steps)
+lies more than ``progress_threshold`` below a slow one (``progress_slow`` steps), the model is still improving
+and every step is learned from; once the error has plateaued, only surprising steps are.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ class SurpriseGateConfig:
         warmup: Steps with the gate fully open before the statistics are trusted.
         min_gate: Multipliers below this count as closed: the update is skipped.
         eps: Floor of the error before the log.
+        progress_fast: Time constant of the fast log-error average (learning progress).
+        progress_slow: Time constant of the slow log-error average.
+        progress_threshold: Fast-below-slow margin (nats) that counts as progress (``inf`` disables).
     """
 
     z_open: float = 0.0
@@ -38,6 +45,9 @@ class SurpriseGateConfig:
     warmup: int = 500
     min_gate: float = 0.05
     eps: float = 1e-8
+    progress_fast: int = 200
+    progress_slow: int = 2000
+    progress_threshold: float = 0.15
 
     def __post_init__(self) -> None:
         if not self.z_full > self.z_open:
@@ -64,6 +74,9 @@ class SurpriseGate:
         self.var = 1.0
         self.last_surprise = 0.0
         self.last_gate = 1.0
+        self.fast = 0.0
+        self.slow = 0.0
+        self.last_progress = 0.0
 
     def __call__(self, error: float) -> float:
         """Reads one prediction error, updates the statistics and returns the multiplier in [0, 1]."""
@@ -75,7 +88,12 @@ class SurpriseGate:
             self.mean, self.var = x, 1.0
         std = math.sqrt(max(self.var, 1e-12))
         z = (x - self.mean) / std
-        if self.steps < c.warmup:
+        if self.steps == 0:
+            self.fast = self.slow = x
+        self.fast += max(1.0 / (self.steps + 1), 1.0 / c.progress_fast) * (x - self.fast)
+        self.slow += max(1.0 / (self.steps + 1), 1.0 / c.progress_slow) * (x - self.slow)
+        self.last_progress = self.slow - self.fast
+        if self.steps < c.warmup or self.last_progress > c.progress_threshold:
             g = 1.0
         else:
             g = min(1.0, max(0.0, (z - c.z_open) / (c.z_full - c.z_open)))
@@ -93,7 +111,8 @@ class SurpriseGate:
         return gate < self.config.min_gate
 
     def state_dict(self) -> dict[str, float]:
-        return {"steps": self.steps, "mean": self.mean, "var": self.var}
+        return {"steps": self.steps, "mean": self.mean, "var": self.var, "fast": self.fast, "slow": self.slow}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
         self.steps, self.mean, self.var = int(state["steps"]), float(state["mean"]), float(state["var"])
+        self.fast, self.slow = float(state.get("fast", self.mean)), float(state.get("slow", self.mean))

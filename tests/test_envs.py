@@ -69,11 +69,11 @@ def test_physics_shift_happens_at_the_chosen_step():
         if term or trunc:
             env.reset()
     assert infos[:5] == [False] * 5 and infos[-1] is True
-    assert env.unwrapped.gravity == 2 * g0
+    assert env.unwrapped.length == 0.75 and env.unwrapped.gravity == g0
     assert env.unwrapped.total_mass == pytest.approx(env.unwrapped.masscart + env.unwrapped.masspole)
     pend = gym.make("eqagent/PendulumShift-v0", shift_step=0)
     pend.reset(seed=0)
     pend.step(pend.action_space.sample())
-    assert pend.unwrapped.m == 2.0
+    assert pend.unwrapped.m == 1.5
     with pytest.raises(ValueError, match="no attribute"):
         eqagent.envs.PhysicsShiftWrapper(gym.make("CartPole-v1"), 3, {"warp": 9})
