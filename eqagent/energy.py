@@ -325,6 +325,25 @@ class EnergyNet(LayeredEnergy):
                     f"free layers use {bad}: use mode='gradient'"
                 )
 
+    relax_backend: str = "auto"
+    """``"auto"`` (Triton fused step for CUDA tensors when triton is importable, torch otherwise), ``"torch"``, or
+    ``"triton"`` (forced; on CPU it needs ``TRITON_INTERPRET=1``, as in the tests)."""
+
+    def _backend(self, states: Sequence[torch.Tensor]) -> str:
+        if self.relax_backend == "torch":
+            return "torch"
+        if self.relax_backend == "auto" and states[0].device.type != "cuda":
+            return "torch"
+        from eqagent.kernels import triton_relax
+
+        if triton_relax.available(states[0].device):
+            return "triton"
+        if self.relax_backend == "triton":
+            raise RuntimeError(
+                "relax_backend='triton' but Triton cannot run here (no CUDA, no TRITON_INTERPRET=1)"
+            )
+        return "torch"
+
     def relax_context(self, states: Sequence[torch.Tensor], clamped: set[int]) -> dict:
         """Drive from the bias and the clamped neighbours: constant while relaxing, computed once."""
         last = self.num_layers - 1
@@ -338,7 +357,7 @@ class EnergyNet(LayeredEnergy):
             if l < last and (l + 1) in clamped:
                 c = c + self.rho(l + 1, states[l + 1]) @ self.weights[l].transpose(-1, -2)
             const[l] = c
-        return {"const": const, "clamped": clamped}
+        return {"const": const, "clamped": clamped, "backend": self._backend(states)}
 
     def _ctx_drive(self, s: Sequence[torch.Tensor], l: int, ctx: dict) -> torch.Tensor:
         d, clamped, last = ctx["const"][l], ctx["clamped"], self.num_layers - 1
@@ -352,6 +371,32 @@ class EnergyNet(LayeredEnergy):
         """One step: fixed-point (odd layers, then even layers, each ``s_l ← Π(drive_l)``) or gradient."""
         s = list(states)
         last = self.num_layers - 1
+        if (
+            mode == "fixed_point"
+            and ctx["backend"] == "triton"
+            and (beta == 0.0 or type(cost).__name__ == "MSECost")
+        ):
+            from eqagent.kernels.triton_relax import fused_layer_update
+
+            clamped = ctx["clamped"]
+            for l in [l for l in free if l % 2 == 1] + [l for l in free if l % 2 == 0]:
+                lo = l > 0 and (l - 1) not in clamped
+                hi = l < last and (l + 1) not in clamped
+                act = self.activations[l]
+                nudge = beta != 0.0 and l == last
+                s[l] = fused_layer_update(
+                    ctx["const"][l],
+                    s[l - 1] if lo else None,  # ρ(s) = s on the box of the clipping activations
+                    self.weights[l - 1] if lo else None,
+                    s[l + 1] if hi else None,
+                    self.weights[l] if hi else None,
+                    act.low,
+                    act.high,
+                    state=s[l] if nudge else None,
+                    target=target if nudge else None,
+                    beta=beta if nudge else 0.0,
+                )
+            return s
         if mode == "fixed_point":
             for l in [l for l in free if l % 2 == 1] + [l for l in free if l % 2 == 0]:
                 d = self._ctx_drive(s, l, ctx)

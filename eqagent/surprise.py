@@ -40,14 +40,14 @@ class SurpriseGateConfig:
     """
 
     z_open: float = 0.0
-    z_full: float = 2.0
+    z_full: float = 0.3
     horizon: int = 500
     warmup: int = 500
     min_gate: float = 0.05
     eps: float = 1e-8
     progress_fast: int = 200
     progress_slow: int = 2000
-    progress_threshold: float = 0.15
+    progress_threshold: float = 0.3
 
     def __post_init__(self) -> None:
         if not self.z_full > self.z_open:
