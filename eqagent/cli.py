@@ -68,6 +68,13 @@ def _bench(module: str, cfg_name: str, fn_name: str) -> Callable[[argparse.Names
 BENCHMARKS = (
     ("optim", "eqagent.bench.optim", "OptimBenchConfig", "run_optim_bench", "EP optimizer vs Adam on MNIST"),
     (
+        "relax",
+        "eqagent.bench.relax",
+        "RelaxBenchConfig",
+        "run_relax_bench",
+        "relaxation speed vs matmul roofline",
+    ),
+    (
         "plasticity",
         "eqagent.bench.plasticity",
         "PlasticityBenchConfig",

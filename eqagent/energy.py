@@ -110,6 +110,25 @@ def get_activation(name: str | Activation) -> Activation:
         raise ValueError(f"unknown activation {name!r}; choose one of {sorted(ACTIVATIONS)}") from None
 
 
+def _addmm(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``c + a @ b`` in one kernel (``addmm``/``baddbmm``), broadcasting ``b`` over an ensemble dimension."""
+    if a.dim() == 2 and b.dim() == 2:
+        return torch.addmm(c, a, b)
+    if a.dim() == 3 and b.dim() == 3 and c.dim() == 3:
+        return torch.baddbmm(c, a, b)
+    return c + a @ b
+
+
+def _addmm_(c: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> None:
+    """In place ``c += a @ b``."""
+    if a.dim() == 2 and b.dim() == 2:
+        c.addmm_(a, b)
+    elif a.dim() == 3 and b.dim() == 3:
+        c.baddbmm_(a, b)
+    else:
+        c.add_(a @ b)
+
+
 class LayeredEnergy(nn.Module):
     """Abstract base of the energy families that :func:`eqagent.relax.settle` relaxes.
 
@@ -360,11 +379,18 @@ class EnergyNet(LayeredEnergy):
         return {"const": const, "clamped": clamped, "backend": self._backend(states)}
 
     def _ctx_drive(self, s: Sequence[torch.Tensor], l: int, ctx: dict) -> torch.Tensor:
+        """Drive of layer ``l``: ``const + ρ(s_{l−1}) W_{l−1} + ρ(s_{l+1}) W_lᵀ`` with fused multiply-adds."""
         d, clamped, last = ctx["const"][l], ctx["clamped"], self.num_layers - 1
+        fresh = False
         if l > 0 and (l - 1) not in clamped:
-            d = d + self.rho(l - 1, s[l - 1]) @ self.weights[l - 1]
+            d = _addmm(d, self.rho(l - 1, s[l - 1]), self.weights[l - 1])
+            fresh = True
         if l < last and (l + 1) not in clamped:
-            d = d + self.rho(l + 1, s[l + 1]) @ self.weights[l].transpose(-1, -2)
+            w_t = self.weights[l].transpose(-1, -2)
+            if fresh:
+                _addmm_(d, self.rho(l + 1, s[l + 1]), w_t)
+            else:
+                d = _addmm(d, self.rho(l + 1, s[l + 1]), w_t)
         return d
 
     def relax_step(self, states, free, ctx, mode, beta, cost, target, eps) -> list[torch.Tensor]:

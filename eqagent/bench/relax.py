@@ -1,0 +1,143 @@
+"""``eqagent bench relax``: seconds per relaxation and effective GFLOP/s, against a plain-matmul roofline.
+
+Two sizes: (a) world model — batch 1024, ensemble 5, 8-64-64-7, T = 20; (b) MNIST — batch 256, 784-500-10,
+T = 20. Free phase, input clamped, fixed-point form, no convergence checks. Backends: torch eager (the engine's
+:func:`eqagent.relax.settle`), ``torch.compile`` of the same loop, and the Triton fused step when CUDA is present.
+FLOPs count the matmuls only: the clamped input's drive once, then every free-free coupling at every step.
+The roofline is the device's plain ``matmul`` throughput measured in the same run; ``cpu_ratio_to_matmul`` is the
+worse of (a) and (b) of eager time / (FLOPs / matmul throughput).
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+import torch
+
+from eqagent.energy import EnergyNet
+from eqagent.relax import settle
+
+__all__ = ["RelaxBenchConfig", "relax_flops", "run_relax_bench"]
+
+
+@dataclass
+class RelaxBenchConfig:
+    """Settings of ``eqagent bench relax``.
+
+    Attributes:
+        steps: Relaxation steps T.
+        repeats: Timed repetitions (the median is reported).
+        compile: Also time ``torch.compile`` (slow to compile on CPU).
+        device: ``auto`` (CUDA when present), ``cpu`` or ``cuda``.
+        threads: torch CPU threads (0: default).
+    """
+
+    steps: int = 20
+    repeats: int = 10
+    compile: bool = True
+    device: str = "auto"
+    threads: int = 0
+
+
+CASES = {
+    "world_model": {"sizes": [8, 64, 64, 7], "members": 5, "batch": 1024},
+    "mnist": {"sizes": [784, 500, 10], "members": None, "batch": 256},
+}
+
+
+def relax_flops(sizes: list[int], members: int | None, batch: int, steps: int) -> int:
+    """Matmul FLOPs of a free relaxation with layer 0 clamped (see the module docstring)."""
+    mb = (members or 1) * batch
+    flops = 2 * mb * sizes[0] * sizes[1]
+    per_step = sum(2 * mb * sizes[l] * sizes[l + 1] * 2 for l in range(1, len(sizes) - 1))
+    return flops + steps * per_step
+
+
+def _time(fn, repeats: int, sync) -> float:
+    fn()
+    sync()
+    ts = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        ts.append(time.perf_counter() - t0)
+    return statistics.median(ts)
+
+
+def _matmul_gflops(device: torch.device, sync, repeats: int) -> float:
+    a = torch.randn(2048, 1024, device=device)
+    b = torch.randn(1024, 1024, device=device)
+    t = _time(lambda: a @ b, repeats, sync)
+    return 2 * 2048 * 1024 * 1024 / t / 1e9
+
+
+def _compiled_relax(net: EnergyNet, steps: int):
+    """The fixed-point loop in plain torch (clipping activations, input clamped) for ``torch.compile``."""
+    ws = [w.detach() for w in net.weights]
+    bs = [b.detach() for b in net.biases]
+    acts = net.activations
+    n = len(ws) + 1
+
+    def run(x: torch.Tensor, init: list[torch.Tensor]) -> list[torch.Tensor]:
+        s = [x, *init]
+        const1 = bs[1].unsqueeze(-2) + x @ ws[0]
+        order = [l for l in range(1, n) if l % 2 == 1] + [l for l in range(1, n) if l % 2 == 0]
+        for _ in range(steps):
+            for l in order:
+                d = const1 if l == 1 else bs[l].unsqueeze(-2) + s[l - 1] @ ws[l - 1]
+                if l < n - 1:
+                    d = d + s[l + 1] @ ws[l].transpose(-1, -2)
+                s[l] = d.clamp(acts[l].low, acts[l].high)
+        return s
+
+    return torch.compile(run)
+
+
+def run_relax_bench(cfg: RelaxBenchConfig) -> dict:
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    dev = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
+                       ("cpu" if cfg.device == "auto" else cfg.device))  # fmt: skip
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
+    gflops_mm = _matmul_gflops(dev, sync, cfg.repeats)
+    out: dict = {"device": str(dev), "matmul_gflops": gflops_mm, "steps": cfg.steps}
+    ratios = []
+    for name, case in CASES.items():
+        net = EnergyNet(
+            case["sizes"], members=case["members"], generator=torch.Generator().manual_seed(0)
+        ).to(dev)
+        x = torch.rand(case["batch"], case["sizes"][0], device=dev)
+        init = net.feedforward(x)
+        flops = relax_flops(case["sizes"], case["members"], case["batch"], cfg.steps)
+        res = {"flops": flops, "matmul_roofline_seconds": flops / (gflops_mm * 1e9)}
+        net.relax_backend = "torch"
+        t = _time(lambda: settle(net, init, steps=cfg.steps), cfg.repeats, sync)  # noqa: B023
+        res["torch_eager_seconds"] = t
+        res["torch_eager_gflops"] = flops / t / 1e9
+        res["ratio_to_matmul"] = t / res["matmul_roofline_seconds"]
+        if dev.type == "cpu":
+            ratios.append(res["ratio_to_matmul"])
+        if cfg.compile:
+            try:
+                fn = _compiled_relax(net, cfg.steps)
+                t = _time(lambda: fn(x, [s.clone() for s in init[1:]]), cfg.repeats, sync)  # noqa: B023
+                res["torch_compile_seconds"] = t
+                res["torch_compile_gflops"] = flops / t / 1e9
+            except Exception as e:
+                res["torch_compile_error"] = f"{type(e).__name__}: {e}"[:300]
+        if dev.type == "cuda":
+            net.relax_backend = "triton"
+            t = _time(lambda: settle(net, init, steps=cfg.steps), cfg.repeats, sync)  # noqa: B023
+            res["triton_seconds"] = t
+            res["triton_gflops"] = flops / t / 1e9
+            res["triton_speedup_vs_eager"] = res["torch_eager_seconds"] / t
+            res["triton_fraction_of_matmul"] = res["triton_gflops"] / gflops_mm
+        else:
+            res["triton"] = "not measured: no CUDA device"
+        out[name] = res
+    if ratios:
+        out["cpu_ratio_to_matmul"] = max(ratios)
+    return out
