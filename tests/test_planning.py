@@ -1,0 +1,95 @@
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from eqagent.planning import CEMPlanner, PlannerConfig, expected_free_energy
+from eqagent.world_model import EPWorldModel, WorldModelConfig
+
+
+class LineWorld:
+    """x' = x + 0.1·a (a = ±1 for Discrete(2), a ∈ [−1, 1] for Box), reward −|x'|, termination when |x'| > 1."""
+
+    def __init__(self, discrete: bool, members: int = 2):
+        self.discrete, self.act_dim, self.members = discrete, 2 if discrete else 1, members
+        self.act_low, self.act_high = torch.tensor([-1.0]), torch.tensor([1.0])
+
+    def _move(self, a):
+        a = torch.as_tensor(np.asarray(a), dtype=torch.float32)
+        return (2 * a - 1) if self.discrete else a[..., 0]
+
+    def imagine(self, obs, seqs):
+        seqs = np.asarray(seqs)
+        n, h = seqs.shape[:2]
+        x = torch.full((n,), float(np.asarray(obs).reshape(-1)[0]))
+        xs, rs, ts = [x], [], []
+        for t in range(h):
+            x = x + 0.1 * self._move(seqs[:, t])
+            xs.append(x)
+            rs.append(-x.abs())
+            ts.append((x.abs() > 1).float())
+        m = self.members
+        return {
+            "obs": torch.stack(xs, 1)[None, ..., None].expand(m, n, h + 1, 1),
+            "reward": torch.stack(rs, 1)[None].expand(m, n, h),
+            "term_prob": torch.stack(ts, 1)[None].expand(m, n, h),
+            "disagreement": torch.zeros(n, h),
+        }
+
+    def predict_members(self, obs, actions):
+        return {"out": torch.zeros(self.members, 1, 3)}
+
+
+@pytest.mark.parametrize("candidates", [16, 64])  # 2^4 = 16: exact enumeration; 64 with H=8: CEM
+def test_discrete_planner_moves_toward_the_reward(candidates):
+    horizon = 4 if candidates == 16 else 8
+    planner = CEMPlanner(LineWorld(True), PlannerConfig(horizon=horizon, candidates=candidates, elites=8))
+    assert planner._enumerate == (candidates == 16)
+    assert planner.plan(np.array([0.5])).action == 0
+    assert planner.plan(np.array([-0.5])).action == 1
+
+
+def test_box_planner_and_preference():
+    wm = LineWorld(False)
+    planner = CEMPlanner(wm, PlannerConfig(horizon=5, candidates=128, elites=16, iterations=4))
+    a = planner.plan(np.array([0.5])).action
+    assert a.shape == (1,) and a[0] < -0.3
+    prefer_08 = lambda obs: (obs[..., 0] - 0.8) ** 2  # noqa: E731
+    planner = CEMPlanner(wm, PlannerConfig(horizon=5, candidates=128, elites=16, iterations=4), prefer_08)
+    assert planner.plan(np.array([0.5])).action[0] > 0.3
+
+
+def test_termination_risk_and_epistemic_terms():
+    cfg = PlannerConfig(discount=1.0, termination_penalty=2.0, epistemic_weight=0.5)
+    m, n, h = 2, 3, 4
+    im = {
+        "obs": torch.zeros(m, n, h + 1, 1),
+        "reward": torch.ones(m, n, h),
+        "term_prob": torch.zeros(m, n, h),
+        "disagreement": torch.zeros(n, h),
+    }
+    im["term_prob"][:, 1, 0] = 1.0  # candidate 1 dies at once
+    im["disagreement"][2] = 1.0  # candidate 2 is uncertain: epistemic bonus
+    g = expected_free_energy(im, cfg)
+    assert g[0] == pytest.approx(-4.0)
+    assert g[1] == pytest.approx(-1.0 + 2.0)
+    assert g[2] == pytest.approx(-4.0 - 0.5)
+
+
+def test_plans_with_the_ep_world_model():
+    env = gym.make("CartPole-v1")
+    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(hidden=(16,), members=3))
+    obs, _ = env.reset(seed=0)
+    res = CEMPlanner(wm, PlannerConfig(horizon=5, candidates=32, elites=4)).plan(obs)
+    assert res.action in (0, 1) and res.prediction.shape == (3, 1, 6)
+    penv = gym.make("Pendulum-v1")
+    pwm = EPWorldModel(penv.observation_space, penv.action_space, WorldModelConfig(hidden=(16,), members=2))
+    pres = CEMPlanner(pwm, PlannerConfig(horizon=4, candidates=16, elites=4)).plan(penv.reset(seed=0)[0])
+    assert pres.action.shape == (1,) and -2.0 <= pres.action[0] <= 2.0
+
+
+def test_bad_config():
+    with pytest.raises(ValueError, match="elites"):
+        PlannerConfig(candidates=4, elites=8)
+    with pytest.raises(ValueError, match="discount"):
+        PlannerConfig(discount=0.0)
