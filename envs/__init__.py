@@ -7,6 +7,7 @@ Importing this package registers the environments under ``eqagent/...-v0`` ids w
 import gymnasium as gym
 from eqagent.envs.nonstationary import PhysicsShiftWrapper, make_cartpole_shift, make_pendulum_shift
 from eqagent.envs.pattern_completion import PatternCompletionEnv
+from eqagent.envs.toy import LineWorldEnv
 
 __all__ = [
     "ENV_IDS",
@@ -20,6 +21,7 @@ _ENTRY_POINTS = {
     "eqagent/PatternCompletion-v0": "eqagent.envs.pattern_completion:PatternCompletionEnv",
     "eqagent/CartPoleShift-v0": "eqagent.envs.nonstationary:make_cartpole_shift",
     "eqagent/PendulumShift-v0": "eqagent.envs.nonstationary:make_pendulum_shift",
+    "eqagent/LineWorld-v0": "eqagent.envs.toy:LineWorldEnv",
 }
 ENV_IDS = tuple(_ENTRY_POINTS)
 

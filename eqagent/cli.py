@@ -4,6 +4,7 @@ Subcommands (each also runnable as ``python scripts/<name>.py``):
 
 * ``gradcheck`` — EP estimate vs the exact gradient (implicit differentiation);
 * ``mnist`` — the MNIST warm-up classifier trained by EP, side by side with backprop;
+* ``run`` — train and evaluate the EP agent on a Gym id (the main job: CartPole-v1 by default);
 * ``bench NAME`` — the benchmarks of :data:`BENCHMARKS` (``optim``, ...).
 
 Every subcommand accepts ``--json``: its last stdout line is then one JSON object with its figures.
@@ -111,6 +112,11 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
     ):
         _add(sub, name, cfg_cls, help_text)
         handlers[name] = fn
+    run_mod = importlib.import_module(
+        "eqagent.agents.run"
+    )  # env-driven: looked up by name, not imported by the core
+    _add(sub, "run", run_mod.RunConfig, "train and evaluate the EP agent on a Gym id (default CartPole-v1)")
+    handlers["run"] = _bench("eqagent.agents.run", "RunConfig", "run_agent")
     bench = sub.add_parser("bench", help="benchmarks (the figures of the issues)", description="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     for name, module, cfg_name, fn_name, help_text in BENCHMARKS:

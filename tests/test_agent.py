@@ -1,0 +1,129 @@
+import json
+from pathlib import Path
+
+import eqagent.envs  # noqa: F401
+import gymnasium as gym
+import numpy as np
+import pytest
+from eqagent.agents import EPAgent
+from eqagent.agents.preferences import resolve_preference
+from stable_baselines3.common.evaluation import evaluate_policy
+
+from eqagent.cli import main
+
+TINY = dict(hidden=(16, 16), members=3, horizon=8, candidates=32, elites=6, iterations=2, learning_starts=30)
+
+
+def _returns(policy, n=10, seed=100):
+    env = gym.make("eqagent/LineWorld-v0")
+    out = []
+    for ep in range(n):
+        obs, _ = env.reset(seed=seed + ep)
+        done, total = False, 0.0
+        while not done:
+            obs, r, term, trunc, _ = env.step(policy(obs))
+            total += r
+            done = term or trunc
+        out.append(total)
+    return float(np.mean(out))
+
+
+def test_learns_the_toy_env_in_a_few_hundred_steps():
+    agent = EPAgent("eqagent/LineWorld-v0", seed=0, **TINY).learn(300)
+    rng = np.random.default_rng(0)
+    random_return = _returns(lambda o: int(rng.integers(2)))
+    agent_return = _returns(lambda o: agent.predict(o)[0])
+    assert agent_return > random_return + 8
+
+
+def test_same_seed_same_run_and_save_load_round_trip(tmp_path):
+    a = EPAgent("eqagent/LineWorld-v0", seed=3, **TINY).learn(80)
+    b = EPAgent("eqagent/LineWorld-v0", seed=3, **TINY).learn(80)
+    for (k, v), (_, w) in zip(a.world_model.state_dict().items(), b.world_model.state_dict().items()):
+        if k != "_extra_state":
+            assert np.array_equal(v.numpy(), w.numpy()), k
+    a.save(tmp_path / "agent")
+    loaded = EPAgent.load(tmp_path / "agent")
+    obs = np.array([[0.3], [-0.7], [1.2]], np.float32)
+    a.planner.reset()
+    assert np.array_equal(a.predict(obs)[0], loaded.predict(obs)[0])
+    assert loaded.num_timesteps == 80
+    assert not list(tmp_path.glob("*.safetensors.*"))  # no temp files left behind
+
+
+def test_evaluate_policy_and_tensorboard_tags(tmp_path):
+    agent = EPAgent("eqagent/LineWorld-v0", seed=0, tensorboard_log=str(tmp_path), **TINY).learn(60)
+    mean, _ = evaluate_policy(agent, gym.make("eqagent/LineWorld-v0"), n_eval_episodes=2, warn=False)
+    assert np.isfinite(mean)
+    run = next(tmp_path.iterdir())
+    header = (run / "progress.csv").read_text().splitlines()[0]
+    for tag in (
+        "rollout/ep_rew_mean",
+        "rollout/ep_len_mean",
+        "time/fps",
+        "world_model/surprise",
+        "world_model/gate_lr",
+        "planner/latency_ms",
+    ):
+        assert tag in header
+    assert list(run.glob("events.out.tfevents.*"))
+
+
+def test_box_actions_and_preferences():
+    agent = EPAgent(
+        gym.make("eqagent/LineWorld-v0", continuous=True),
+        seed=0,
+        preference="tests.test_agent:_prefer_origin",
+        **TINY,
+    ).learn(40)
+    a, _ = agent.predict(np.array([0.5], np.float32))
+    assert a.shape == (1,) and -1 <= a[0] <= 1
+    assert resolve_preference("upright", "CartPole-v1") is not None
+    with pytest.raises(ValueError, match="no preference"):
+        resolve_preference("upright", "eqagent/LineWorld-v0")
+
+
+def _prefer_origin(obs):
+    return obs[..., 0] ** 2
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="1-D Box observation"):
+        EPAgent(_image_env())
+    with pytest.raises(ValueError, match="unknown EPAgent option"):
+        EPAgent("eqagent/LineWorld-v0", horizn=3)
+    agent = EPAgent("eqagent/LineWorld-v0", **TINY)
+    with pytest.raises(ValueError, match="NaN"):
+        agent.predict(np.array([np.nan], np.float32))
+
+
+def _image_env():
+    class Img(gym.Env):
+        observation_space = gym.spaces.Box(0, 1, (4, 4))
+        action_space = gym.spaces.Discrete(2)
+
+    return Img()
+
+
+def test_cli_run_json(tmp_path, capsys):
+    rc = main(
+        [
+            "run",
+            "--env",
+            "eqagent/LineWorld-v0",
+            "--total-timesteps",
+            "60",
+            "--eval-every",
+            "30",
+            "--eval-episodes",
+            "1",
+            "--tensorboard-log",
+            str(tmp_path),
+            "--json",
+        ]
+    )
+    assert rc == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("steps_to_threshold", "eval_mean", "eval_std", "wall_seconds", "ms_per_action"):
+        assert key in out
+    assert len(out["evaluations"]) == 2 and Path(out["run_dir"]).exists()
