@@ -190,7 +190,7 @@ class EPAgent:
         obs, _ = self.env.reset(seed=self.seed + self.num_timesteps)
         self.planner.reset()
         ep_r, ep_l, t_start = 0.0, 0, time.perf_counter()
-        for step in range(total_timesteps):
+        for _ in range(total_timesteps):
             if self.num_timesteps < self.config.learning_starts:
                 action, pred = self.env.action_space.sample(), None
             else:

@@ -11,6 +11,7 @@ from eqagent.envs.toy import LineWorldEnv
 
 __all__ = [
     "ENV_IDS",
+    "LineWorldEnv",
     "PatternCompletionEnv",
     "PhysicsShiftWrapper",
     "make_cartpole_shift",
