@@ -114,7 +114,7 @@ class Planner(ABC):
     """Abstract planner.
 
     Contract: ``plan(obs)`` returns a :class:`PlanResult` for one observation using only the world model's
-    ``imagine(obs, sequences)`` and ``predict_members(obs, actions)``; ``reset()`` forgets warm starts (call it at
+    ``imagine(obs, sequences)`` (whose ``first_out`` is the free-phase output of each sequence's first step); ``reset()`` forgets warm starts (call it at
     episode starts). Planners hold no env reference, so agents can swap them.
     """
 
@@ -129,7 +129,7 @@ class CEMPlanner(Planner):
     """Enumeration / CEM planner over action sequences (see the module docstring).
 
     Args:
-        world_model: An object with ``imagine``, ``predict_members``, ``discrete``, ``act_dim`` and, for Box
+        world_model: An object with ``imagine``, ``discrete``, ``act_dim`` and, for Box
             actions, ``act_low``/``act_high`` (an :class:`eqagent.world_model.EPWorldModel`).
         config: :class:`PlannerConfig`.
         preference: Optional energy over observations ``(..., d) → (...)`` (lower = preferred).
@@ -151,50 +151,50 @@ class CEMPlanner(Planner):
     def reset(self) -> None:
         self._dist = None
 
-    def _score(self, obs: np.ndarray, seqs: np.ndarray) -> torch.Tensor:
-        return expected_free_energy(self.wm.imagine(obs, seqs), self.cfg, self.preference)
+    def _score(self, obs: np.ndarray, seqs: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
+        """Expected free energy per sequence and the first step's free-phase outputs ``(M, N, out)``."""
+        imagined = self.wm.imagine(obs, seqs)
+        return expected_free_energy(imagined, self.cfg, self.preference).numpy(), imagined["first_out"]
 
     def plan(self, obs: np.ndarray) -> PlanResult:
         obs = np.asarray(obs, dtype=np.float32)
+        self._best = (None, math.inf, None)  # (sequence, G, first-step output) over all scored candidates
         if self._enumerate:
-            g = self._score(obs, self._all)
-            best = int(torch.argmin(g))
-            seq = self._all[best]
+            self._consider(self._all, *self._score(obs, self._all))
         elif self.wm.discrete:
-            seq, g_best = self._cem_discrete(obs)
-            g = torch.tensor([g_best])
-            best = 0
+            self._cem_discrete(obs)
         else:
-            seq, g_best = self._cem_box(obs)
-            g = torch.tensor([g_best])
-            best = 0
+            self._cem_box(obs)
+        seq, g_best, pred = self._best
         action = int(seq[0]) if self.wm.discrete else seq[0].astype(np.float32)
-        pred = self.wm.predict_members(obs[None], [action] if self.wm.discrete else action[None])["out"]
-        return PlanResult(action=action, free_energy=float(g[best]), prediction=pred, sequence=seq)
+        return PlanResult(action=action, free_energy=g_best, prediction=pred, sequence=seq)
 
-    def _cem_discrete(self, obs: np.ndarray) -> tuple[np.ndarray, float]:
+    def _consider(self, seqs: np.ndarray, g: np.ndarray, first_out: torch.Tensor) -> np.ndarray:
+        """Keeps the best sequence so far (with its kept prediction); returns ``argsort(g)``."""
+        order = np.argsort(g)
+        i = int(order[0])
+        if g[i] < self._best[1]:
+            self._best = (seqs[i].copy(), float(g[i]), first_out[:, i : i + 1].clone())
+        return order
+
+    def _cem_discrete(self, obs: np.ndarray) -> None:
         c, n, h = self.cfg, self.wm.act_dim, self.cfg.horizon
         probs = np.full((h, n), 1.0 / n)
         if isinstance(self._dist, np.ndarray):  # warm start: shift by one, uniform at the end
             probs[:-1] = 0.5 * self._dist[1:] + 0.5 / n
-        best_seq, best_g = None, math.inf
         for _ in range(c.iterations):
             cum = probs.cumsum(-1)
             u = self.rng.random((c.candidates, h, 1))
             seqs = (u > cum[None]).sum(-1).clip(0, n - 1)
-            if best_seq is not None:
-                seqs[0] = best_seq
-            g = self._score(obs, seqs).numpy()
-            order = np.argsort(g)
-            if g[order[0]] < best_g:
-                best_g, best_seq = float(g[order[0]]), seqs[order[0]].copy()
+            if self._best[0] is not None:
+                seqs[0] = self._best[0]
+            order = self._consider(seqs, *self._score(obs, seqs))
             elite = seqs[order[: c.elites]]
             freq = np.stack([(elite == a).mean(0) for a in range(n)], -1)
             probs = c.smoothing * probs + (1 - c.smoothing) * freq
         self._dist = probs
-        return best_seq, best_g
 
-    def _cem_box(self, obs: np.ndarray) -> tuple[np.ndarray, float]:
+    def _cem_box(self, obs: np.ndarray) -> None:
         c, h = self.cfg, self.cfg.horizon
         low = self.wm.act_low.numpy()
         high = self.wm.act_high.numpy()
@@ -203,18 +203,13 @@ class CEMPlanner(Planner):
         std = np.tile(span / 2, (h, 1))
         if isinstance(self._dist, tuple):
             mean[:-1] = self._dist[0][1:]
-        best_seq, best_g = None, math.inf
         for _ in range(c.iterations):
             seqs = np.clip(mean + std * self.rng.standard_normal((c.candidates, h, len(low))), low, high)
             seqs = seqs.astype(np.float32)
-            if best_seq is not None:
-                seqs[0] = best_seq
-            g = self._score(obs, seqs).numpy()
-            order = np.argsort(g)
-            if g[order[0]] < best_g:
-                best_g, best_seq = float(g[order[0]]), seqs[order[0]].copy()
+            if self._best[0] is not None:
+                seqs[0] = self._best[0]
+            order = self._consider(seqs, *self._score(obs, seqs))
             elite = seqs[order[: c.elites]]
             mean = c.smoothing * mean + (1 - c.smoothing) * elite.mean(0)
             std = np.maximum(c.smoothing * std + (1 - c.smoothing) * elite.std(0), c.min_std * span)
         self._dist = (mean, std)
-        return best_seq, best_g

@@ -307,7 +307,8 @@ class EPWorldModel(nn.Module):
 
         Returns:
             ``obs`` ``(M, N, H + 1, d)``, ``reward`` ``(M, N, H)``, ``term_prob`` ``(M, N, H)``,
-            ``disagreement`` ``(N, H)``.
+            ``disagreement`` ``(N, H)``, and ``first_out`` ``(M, N, d + 2)``: the raw free-phase output of the first
+            step (what :meth:`observe` reuses as the kept prediction).
         """
         seq = torch.as_tensor(
             np.asarray(action_sequences) if not torch.is_tensor(action_sequences) else action_sequences
@@ -320,14 +321,13 @@ class EPWorldModel(nn.Module):
         cur = (
             o.unsqueeze(0).expand(m, n, self.obs_dim).contiguous()
         )  # (M, N, d): each member its own trajectory
-        obs_out, rew, term, dis = [cur], [], [], []
+        obs_out, rew, term, dis, first = [cur], [], [], [], None
         d = self.obs_dim
         for t in range(h):
             x = self.model_input(cur, enc[:, t].unsqueeze(0).expand(m, n, self.act_dim))
-            states = [x]
-            for l in range(1, self.energy.num_layers):
-                states.append(self.energy._f(l, states[-1])[0])
-            out = states[-1]
+            out = self.energy(x)  # the free equilibrium: one batched pass for candidates × members
+            if first is None:
+                first = out
             dec = self._decode(cur, out)
             cur = dec["next_obs"]
             obs_out.append(cur)
@@ -339,6 +339,7 @@ class EPWorldModel(nn.Module):
             "reward": torch.stack(rew, 2),
             "term_prob": torch.stack(term, 2),
             "disagreement": torch.stack(dis, 1),
+            "first_out": first,
         }
 
     # ------------------------------------------------------------------ learning

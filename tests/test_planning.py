@@ -34,10 +34,8 @@ class LineWorld:
             "reward": torch.stack(rs, 1)[None].expand(m, n, h),
             "term_prob": torch.stack(ts, 1)[None].expand(m, n, h),
             "disagreement": torch.zeros(n, h),
+            "first_out": torch.stack(xs[1:2], -1)[None].expand(m, n, 1),
         }
-
-    def predict_members(self, obs, actions):
-        return {"out": torch.zeros(self.members, 1, 3)}
 
 
 @pytest.mark.parametrize("candidates", [16, 64])  # 2^4 = 16: exact enumeration; 64 with H=8: CEM
@@ -52,8 +50,12 @@ def test_discrete_planner_moves_toward_the_reward(candidates):
 def test_box_planner_and_preference():
     wm = LineWorld(False)
     planner = CEMPlanner(wm, PlannerConfig(horizon=5, candidates=128, elites=16, iterations=4))
-    a = planner.plan(np.array([0.5])).action
+    res = planner.plan(np.array([0.5]))
+    a = res.action
     assert a.shape == (1,) and a[0] < -0.3
+    assert float(res.prediction[0, 0, 0]) == pytest.approx(
+        0.5 + 0.1 * float(a[0])
+    )  # first step of the chosen seq
     prefer_08 = lambda obs: (obs[..., 0] - 0.8) ** 2  # noqa: E731
     planner = CEMPlanner(wm, PlannerConfig(horizon=5, candidates=128, elites=16, iterations=4), prefer_08)
     assert planner.plan(np.array([0.5])).action[0] > 0.3
@@ -82,6 +84,8 @@ def test_plans_with_the_ep_world_model():
     obs, _ = env.reset(seed=0)
     res = CEMPlanner(wm, PlannerConfig(horizon=5, candidates=32, elites=4)).plan(obs)
     assert res.action in (0, 1) and res.prediction.shape == (3, 1, 6)
+    # the kept prediction is the free phase the planner already ran for the chosen action
+    torch.testing.assert_close(res.prediction, wm.predict_members(obs[None], [res.action])["out"])
     penv = gym.make("Pendulum-v1")
     pwm = EPWorldModel(penv.observation_space, penv.action_space, WorldModelConfig(hidden=(16,), members=2))
     pres = CEMPlanner(pwm, PlannerConfig(horizon=4, candidates=16, elites=4)).plan(penv.reset(seed=0)[0])
