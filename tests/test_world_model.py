@@ -69,6 +69,40 @@ def test_imagine_shapes_and_disagreement():
     torch.testing.assert_close(out["obs"][:, :, 0], torch.as_tensor(obs).expand(3, 7, 3))
 
 
+@pytest.mark.parametrize("env_id,activation", [("CartPole-v1", "tanh"), ("Pendulum-v1", "tanh"),
+                                               ("Pendulum-v1", "relu"), ("CartPole-v1", "sigmoid")])  # fmt: skip
+def test_imagine_equals_stepping_the_free_phase(env_id, activation):
+    """The fused rollout (normalisers and tanh folded into the weights) is the step-by-step free phase."""
+    env = gym.make(env_id)
+    cfg = WorldModelConfig(**{**SMALL, "hidden": (16, 8), "activation": activation})
+    wm = EPWorldModel(env.observation_space, env.action_space, cfg)
+    obs, _ = env.reset(seed=0)
+    for _ in range(60):  # non-trivial normaliser statistics and weights
+        a = env.action_space.sample()
+        nxt, r, term, trunc, _ = env.step(a)
+        wm.observe(obs, a, nxt, float(r), term)
+        obs = nxt if not (term or trunc) else env.reset()[0]
+    rng = np.random.default_rng(1)
+    if wm.discrete:
+        seqs = rng.integers(0, wm.act_dim, size=(6, 5))
+    else:
+        seqs = rng.uniform(-2, 2, size=(6, 5, 1)).astype(np.float32)
+    out = wm.imagine(obs, seqs)
+    cur = torch.as_tensor(obs).expand(cfg.members, 6, wm.obs_dim)
+    for t in range(5):
+        a = torch.as_tensor(seqs[:, t]).expand(cfg.members, *seqs[:, t].shape)
+        x = wm.model_input(cur, wm.encode_action(a))
+        ref = wm._decode(cur, wm.energy(x))
+        if t == 0:
+            torch.testing.assert_close(out["first_out"], ref["out"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out["reward"][:, :, t], ref["reward"], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out["term_prob"][:, :, t], ref["term_prob"], atol=1e-5, rtol=1e-5)
+        d = ref["out"][..., : wm.obs_dim]
+        torch.testing.assert_close(out["disagreement"][:, t], d.var(0, unbiased=False).mean(-1), atol=1e-5, rtol=1e-4)
+        cur = ref["next_obs"]
+        torch.testing.assert_close(out["obs"][:, :, t + 1], cur, atol=1e-4, rtol=1e-5)
+
+
 def test_replay_memory_is_bounded():
     env = gym.make("CartPole-v1")
     wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(replay_size=50, **SMALL))
