@@ -98,7 +98,9 @@ def test_imagine_equals_stepping_the_free_phase(env_id, activation):
         torch.testing.assert_close(out["reward"][:, :, t], ref["reward"], atol=1e-5, rtol=1e-5)
         torch.testing.assert_close(out["term_prob"][:, :, t], ref["term_prob"], atol=1e-5, rtol=1e-5)
         d = ref["out"][..., : wm.obs_dim]
-        torch.testing.assert_close(out["disagreement"][:, t], d.var(0, unbiased=False).mean(-1), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            out["disagreement"][:, t], d.var(0, unbiased=False).mean(-1), atol=1e-5, rtol=1e-4
+        )
         cur = ref["next_obs"]
         torch.testing.assert_close(out["obs"][:, :, t + 1], cur, atol=1e-4, rtol=1e-5)
 
