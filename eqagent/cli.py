@@ -5,6 +5,7 @@ Subcommands (each also runnable as ``python scripts/<name>.py``):
 * ``gradcheck`` — EP estimate vs the exact gradient (implicit differentiation);
 * ``mnist`` — the MNIST warm-up classifier trained by EP, side by side with backprop;
 * ``run`` — train and evaluate the EP agent on a Gym id (the main job: CartPole-v1 by default);
+* ``compare`` — the EP agent side by side with Stable-Baselines3 (CSV, markdown, PNG, TensorBoard);
 * ``bench NAME`` — the benchmarks of :data:`BENCHMARKS` (``optim``, ...).
 
 Every subcommand accepts ``--json``: its last stdout line is then one JSON object with its figures.
@@ -29,7 +30,7 @@ def _emit(result: dict, as_json: bool) -> None:
         print(json.dumps(result, default=float), flush=True)
     else:
         for k, v in result.items():
-            if k not in ("history", "config"):
+            if k not in ("history", "config", "runs", "evaluations"):
                 print(f"{k}: {v}")
 
 
@@ -117,6 +118,9 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
     )  # env-driven: looked up by name, not imported by the core
     _add(sub, "run", run_mod.RunConfig, "train and evaluate the EP agent on a Gym id (default CartPole-v1)")
     handlers["run"] = _bench("eqagent.agents.run", "RunConfig", "run_agent")
+    cmp_mod = importlib.import_module("eqagent.agents.compare")
+    _add(sub, "compare", cmp_mod.CompareConfig, "the EP agent side by side with SB3 (zoo hyperparameters)")
+    handlers["compare"] = _bench("eqagent.agents.compare", "CompareConfig", "run_compare")
     bench = sub.add_parser("bench", help="benchmarks (the figures of the issues)", description="benchmarks")
     bench_sub = bench.add_subparsers(dest="bench", required=True)
     for name, module, cfg_name, fn_name, help_text in BENCHMARKS:

@@ -1,0 +1,69 @@
+import json
+
+import pytest
+from eqagent.agents.compare import CompareConfig, run_compare, summarize
+from eqagent.agents.zoo import ZOO, zoo_hyperparams
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from eqagent.cli import main
+
+TAGS = {"eval/mean_reward", "rollout/ep_rew_mean", "time/fps"}
+
+
+def test_compare_end_to_end_writes_files_and_shared_tags(tmp_path, capsys):
+    out, logdir = tmp_path / "out", tmp_path / "runs"
+    argv = ["compare", "--env", "eqagent/LineWorld-v0", "--algos", "ep,ppo,dqn", "--seeds", "1",
+            "--total-timesteps", "200", "--eval-every", "100", "--eval-episodes", "2", "--logdir", str(logdir),
+            "--out", str(out), "--workers", "2", "--no-progress-bar", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(result["algos"]) == {"ep", "ppo", "dqn"}
+    rows = (out / "evaluations.csv").read_text().strip().splitlines()
+    assert rows[0] == "env,algo,seed,step,eval_mean,eval_std" and len(rows) == 1 + 3 * 2
+    md = (out / "summary_eqagent_LineWorld-v0.md").read_text()
+    assert all(f"| {a} |" in md for a in ("ep", "ppo", "dqn"))
+    assert (out / "curves_eqagent_LineWorld-v0.png").stat().st_size > 1000
+    runs = sorted(logdir.iterdir())
+    assert len(runs) == 3
+    for run in runs:
+        acc = EventAccumulator(str(run))
+        acc.Reload()
+        assert TAGS <= set(acc.Tags()["scalars"]), (run.name, acc.Tags()["scalars"])
+        assert [e.step for e in acc.Scalars("eval/mean_reward")] == [100, 200]
+
+
+def test_summary_counts_unreached_seeds_above_the_budget():
+    def run(algo, means):
+        from eqagent.agents.compare import _summary_of_evals
+
+        evals = [{"step": 100 * (i + 1), "mean": m, "std": 0.0} for i, m in enumerate(means)]
+        return {"algo": algo, "evaluations": evals, "wall_seconds": 1.0, "env_steps_per_second": 1.0,
+                **_summary_of_evals(evals, 10.0, 500)}  # fmt: skip
+
+    runs = [run("a", [0, 12, 5, 11, 11, 11]), run("a", [12, 12, 12, 0, 0]), run("a", [0, 0, 0, 0, 0])]
+    s = summarize(runs, 10.0)["a"]
+    assert s["steps_to_threshold"] == [200, 100, None]
+    assert s["steps_to_threshold_median"] == 200
+    assert s["steps_to_threshold_3"] == [600, 300, None]  # the step of the third evaluation in a row
+    assert s["steps_to_threshold_3_median"] == 600
+    assert s["table"]["steps_to_threshold"] == "200 (100–> 500)"
+    assert s["final_mean"] == pytest.approx((11 + 0 + 0) / 3)
+
+
+def test_zoo_data_and_config_errors():
+    hp, tuned = zoo_hyperparams("ppo", "CartPole-v1")
+    assert tuned and hp["n_envs"] == 8 and hp["learning_rate"] == "lin_0.001"
+    hp["n_envs"] = 1  # a copy: the data stays intact
+    assert ZOO["ppo"]["CartPole-v1"]["n_envs"] == 8
+    assert zoo_hyperparams("sac", "eqagent/LineWorld-v0") == ({}, False)
+    with pytest.raises(ValueError, match="unknown SB3 algorithm"):
+        zoo_hyperparams("a2c", "CartPole-v1")
+    assert CompareConfig(env="CartPole-v1").algo_list() == ["ep", "ppo", "dqn"]
+    assert CompareConfig(env="Pendulum-v1").algo_list() == ["ep", "ppo", "sac"]
+    assert CompareConfig(budgets="ep=3000, ppo=20000").budget("ep") == 3000
+    with pytest.raises(ValueError, match="algo=N"):
+        CompareConfig(budgets="ep:3000").budget("ep")
+    with pytest.raises(ValueError, match="unknown algorithm"):
+        CompareConfig(algos="ep,a2c").algo_list()
+    with pytest.raises(ValueError, match="Discrete"):
+        run_compare(CompareConfig(env="Pendulum-v1", algos="dqn", out="unused"))
