@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from eqagent.logging import Logger, next_run_dir
 from eqagent.planning import CEMPlanner, PlannerConfig
 from eqagent.surprise import SurpriseGateConfig
+from eqagent.value import EPValueFunction, ValueConfig
 from eqagent.world_model import EPWorldModel, WorldModelConfig
 
 __all__ = ["PRESETS", "EPAgent", "EPAgentConfig"]
@@ -51,6 +52,10 @@ class EPAgentConfig:
         termination_penalty: Weight of the predicted termination risk.
         epistemic_weight: Weight of the ensemble disagreement.
         learning_starts: Random-action steps before planning starts.
+        terminal_value: Learn a state value by EP (TD(0) on the replay) and count it past the planning horizon.
+        value_updates_per_step: Value updates per env step.
+        value_discount: γ of the terminal value (its look-ahead past the horizon is about ``1/(1 − γ)`` steps).
+        value_tau: Polyak rate of the value's target copy.
         preference: Name of a shipped preference for the env, ``module:callable``, or empty (learned reward only).
     """
 
@@ -71,6 +76,10 @@ class EPAgentConfig:
     termination_penalty: float = 10.0
     epistemic_weight: float = 0.0
     learning_starts: int = 100
+    terminal_value: bool = True
+    value_updates_per_step: int = 1
+    value_discount: float = 0.97
+    value_tau: float = 0.05
     preference: str = ""
 
 
@@ -122,12 +131,20 @@ class EPAgent:
                              batch_size=c.batch_size, replay_size=c.replay_size, updates_per_step=c.updates_per_step,
                              gate=c.gate, gate_config=SurpriseGateConfig(), seed=self.seed),
         )  # fmt: skip
+        self.value = (
+            EPValueFunction(
+                self.world_model, ValueConfig(discount=c.value_discount, tau=c.value_tau, seed=self.seed)
+            )
+            if c.terminal_value
+            else None
+        )
         self.planner = CEMPlanner(
             self.world_model,
             PlannerConfig(horizon=c.horizon, candidates=c.candidates, iterations=c.iterations, elites=c.elites,
                           discount=c.discount, termination_penalty=c.termination_penalty,
                           epistemic_weight=c.epistemic_weight, seed=self.seed),
             self.preference,
+            terminal_value=self.value,
         )  # fmt: skip
         self.num_timesteps = 0
         self.rng = np.random.default_rng(self.seed)
@@ -203,6 +220,9 @@ class EPAgent:
             logger.record("world_model/gate_lr", info["gate"])
             logger.record("world_model/error", info["error"])
             logger.record("world_model/updated", float(info["updated"]))
+            if self.value is not None:
+                for _ in range(self.config.value_updates_per_step):
+                    logger.record("value/td_loss", self.value.update())
             self.num_timesteps += 1
             ep_r += float(reward)
             ep_l += 1
@@ -245,6 +265,9 @@ class EPAgent:
         path.parent.mkdir(parents=True, exist_ok=True)
         state = self.world_model.state_dict()
         extra = state.pop("_extra_state", {})
+        if self.value is not None:
+            state.update({f"value.{k}": v for k, v in self.value.state_dict().items()})
+            extra["value_updates"] = self.value.updates
         tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         meta = {
             "config": json.dumps({**asdict(self.config), "hidden": list(self.config.hidden)}),
@@ -279,7 +302,11 @@ class EPAgent:
             raise ValueError(f"{path} was saved without an env id: pass env=")
         agent = cls(env, seed=int(meta["seed"]), preference=pref or None, **{**config, **overrides})
         state = load_file(str(path))
-        state["_extra_state"] = json.loads(meta["extra"])
+        extra = json.loads(meta["extra"])
+        if agent.value is not None:
+            agent.value.load_state_dict({k[6:]: state.pop(k) for k in list(state) if k.startswith("value.")})
+            agent.value.updates = int(extra.pop("value_updates", 0))
+        state["_extra_state"] = extra
         agent.world_model.load_state_dict(state)
         agent.num_timesteps = int(meta["num_timesteps"])
         return agent

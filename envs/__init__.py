@@ -5,6 +5,7 @@ Importing this package registers the environments under ``eqagent/...-v0`` ids w
 """
 
 import gymnasium as gym
+from eqagent.envs.mnist import MNISTClassifyEnv
 from eqagent.envs.nonstationary import PhysicsShiftWrapper, make_cartpole_shift, make_pendulum_shift
 from eqagent.envs.pattern_completion import PatternCompletionEnv
 from eqagent.envs.toy import LineWorldEnv
@@ -12,6 +13,7 @@ from eqagent.envs.toy import LineWorldEnv
 __all__ = [
     "ENV_IDS",
     "LineWorldEnv",
+    "MNISTClassifyEnv",
     "PatternCompletionEnv",
     "PhysicsShiftWrapper",
     "make_cartpole_shift",
@@ -23,6 +25,7 @@ _ENTRY_POINTS = {
     "eqagent/CartPoleShift-v0": "eqagent.envs.nonstationary:make_cartpole_shift",
     "eqagent/PendulumShift-v0": "eqagent.envs.nonstationary:make_pendulum_shift",
     "eqagent/LineWorld-v0": "eqagent.envs.toy:LineWorldEnv",
+    "eqagent/MNISTClassify-v0": "eqagent.envs.mnist:MNISTClassifyEnv",
 }
 ENV_IDS = tuple(_ENTRY_POINTS)
 

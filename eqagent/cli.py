@@ -5,6 +5,7 @@ Subcommands (each also runnable as ``python scripts/<name>.py``):
 * ``gradcheck`` — EP estimate vs the exact gradient (implicit differentiation);
 * ``mnist`` — the MNIST warm-up classifier trained by EP, side by side with backprop;
 * ``run`` — train and evaluate the EP agent on a Gym id (the main job: CartPole-v1 by default);
+* ``dream`` — train the dreaming classifier on MNIST, dream a 10×k grid, score it with a backprop judge;
 * ``compare`` — the EP agent side by side with Stable-Baselines3 (CSV, markdown, PNG, TensorBoard);
 * ``bench NAME`` — the benchmarks of :data:`BENCHMARKS` (``optim``, ...).
 
@@ -30,7 +31,7 @@ def _emit(result: dict, as_json: bool) -> None:
         print(json.dumps(result, default=float), flush=True)
     else:
         for k, v in result.items():
-            if k not in ("history", "config", "runs", "evaluations"):
+            if k not in ("history", "config", "runs", "evaluations", "dream_accuracy_per_label"):
                 print(f"{k}: {v}")
 
 
@@ -107,9 +108,17 @@ def _build_parser() -> tuple[argparse.ArgumentParser, dict[str, Callable[[argpar
     parser = argparse.ArgumentParser(prog="eqagent", description="Equilibrium Propagation agents and tools")
     sub = parser.add_subparsers(dest="command", required=True)
     handlers: dict[str, Callable[[argparse.Namespace], dict]] = {}
+    from eqagent.dreaming import DreamRunConfig
+
     for name, cfg_cls, fn, help_text in (
         ("gradcheck", GradCheckConfig, _cmd_gradcheck, "EP gradient vs autograd (implicit differentiation)"),
         ("mnist", MNISTConfig, _cmd_mnist, "MNIST warm-up: 784-500-10 energy net trained by EP (+ backprop)"),
+        (
+            "dream",
+            DreamRunConfig,
+            _bench("eqagent.dreaming", "DreamRunConfig", "run_dream"),
+            "dream digits: clamp a label, free the image, relax (EP trained both ways)",
+        ),
     ):
         _add(sub, name, cfg_cls, help_text)
         handlers[name] = fn

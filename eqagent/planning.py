@@ -8,8 +8,10 @@ candidates × members). With ``alive_t = Π_{k<t}(1 − p_term,k)``:
            + λ_term · Σ_t γ^t alive_t · p_term,t      (termination risk)
            − λ_epi · mean_t disagreement_t            (epistemic value: ensemble disagreement)
 
-averaged over ensemble members. With a ``preference`` (an energy over observations, lower = preferred) the
-pragmatic term is ``−Σ γ^t alive_t · (−preference(ô_{t+1}))``. The planner returns the first action of the best
+averaged over ensemble members. With a ``terminal_value`` ``V`` (e.g. :class:`eqagent.value.EPValueFunction`) the
+pragmatic term also counts what lies past the horizon: ``− γ^H alive_H · V(ô_H)``. With a ``preference`` (an
+energy over observations, lower = preferred) the pragmatic term is ``−Σ γ^t alive_t · (−preference(ô_{t+1}))``
+(and the reward value is not used). The planner returns the first action of the best
 sequence and the world model's free-phase prediction for it (kept for learning, not recomputed).
 
 Search: :class:`CEMPlanner` — exact enumeration for small discrete spaces (``n^H ≤ candidates``), else the
@@ -90,13 +92,20 @@ class PlanResult:
 
 
 def expected_free_energy(
-    imagined: dict[str, torch.Tensor], cfg: PlannerConfig, preference: Preference | None = None
+    imagined: dict[str, torch.Tensor],
+    cfg: PlannerConfig,
+    preference: Preference | None = None,
+    terminal_value: Preference | None = None,
 ) -> torch.Tensor:
     """``G`` per candidate, shape ``(N,)``, from :meth:`EPWorldModel.imagine`'s output (see the module docstring)."""
     term = imagined["term_prob"].clamp(0, 1)  # (M, N, H)
-    alive = torch.cumprod(torch.cat([torch.ones_like(term[..., :1]), 1 - term[..., :-1]], -1), -1)
+    alive = torch.cumprod(torch.cat([torch.ones_like(term[..., :1]), 1 - term], -1), -1)  # (M, N, H + 1)
     h = term.shape[-1]
-    disc = cfg.discount ** torch.arange(h, dtype=term.dtype)
+    disc = cfg.discount ** torch.arange(h + 1, dtype=term.dtype)
+    tail = 0.0
+    if preference is None and terminal_value is not None:
+        tail = (disc[h] * alive[..., h] * terminal_value(imagined["obs"][:, :, h])).mean(0)  # (N,)
+    alive, disc = alive[..., :h], disc[:h]
     if preference is None:
         value = imagined["reward"]
     else:
@@ -107,7 +116,7 @@ def expected_free_energy(
     pragmatic = (disc * alive * value).sum(-1).mean(0)
     risk = (disc * alive * term).sum(-1).mean(0)
     epistemic = imagined["disagreement"].mean(-1)
-    return -pragmatic + cfg.termination_penalty * risk - cfg.epistemic_weight * epistemic
+    return -(pragmatic + tail) + cfg.termination_penalty * risk - cfg.epistemic_weight * epistemic
 
 
 class Planner(ABC):
@@ -133,14 +142,21 @@ class CEMPlanner(Planner):
             actions, ``act_low``/``act_high`` (an :class:`eqagent.world_model.EPWorldModel`).
         config: :class:`PlannerConfig`.
         preference: Optional energy over observations ``(..., d) → (...)`` (lower = preferred).
+        terminal_value: Optional value of observations ``(..., d) → (...)`` in reward units, counted past the
+            horizon (ignored with a preference).
     """
 
     def __init__(
-        self, world_model, config: PlannerConfig | None = None, preference: Preference | None = None
+        self,
+        world_model,
+        config: PlannerConfig | None = None,
+        preference: Preference | None = None,
+        terminal_value: Preference | None = None,
     ):
         self.wm = world_model
         self.cfg = config or PlannerConfig()
         self.preference = preference
+        self.terminal_value = terminal_value
         self.rng = np.random.default_rng(self.cfg.seed)
         self._dist: tuple[np.ndarray, np.ndarray] | np.ndarray | None = None
         n, h = self.wm.act_dim, self.cfg.horizon
@@ -154,7 +170,8 @@ class CEMPlanner(Planner):
     def _score(self, obs: np.ndarray, seqs: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
         """Expected free energy per sequence and the first step's free-phase outputs ``(M, N, out)``."""
         imagined = self.wm.imagine(obs, seqs)
-        return expected_free_energy(imagined, self.cfg, self.preference).numpy(), imagined["first_out"]
+        g = expected_free_energy(imagined, self.cfg, self.preference, self.terminal_value)
+        return g.numpy(), imagined["first_out"]
 
     def plan(self, obs: np.ndarray) -> PlanResult:
         obs = np.asarray(obs, dtype=np.float32)

@@ -1,0 +1,331 @@
+"""Dreaming: the classifier's energy net run backwards — clamp a label, free the image, relax.
+
+:class:`DreamerNet` is one layered Hopfield energy ``image – hidden – label`` (hard-sigmoid units, an input bias)
+trained by EP in both directions on the same weights:
+
+* **classify** — clamp the image, nudge the label layer toward the one-hot label (the usual EP step);
+* **dream** — clamp the one-hot label, leave image and hidden free, nudge the image layer toward the real image.
+
+Because the energy is symmetric in its layers, the dream direction is the same net read in reverse: a mirrored
+:class:`~eqagent.energy.EnergyNet` whose weights are transposed *views* of the classifier's (no copy), so the
+generative EP step runs through the same engine (``ep_gradients``) and its gradients land on the shared weights.
+:meth:`DreamerNet.dream` is the same relaxation as classification (:func:`eqagent.relax.settle`) with a different
+clamp: label clamped, image free, started from a random image (different starts give different dreams).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from eqagent.costs import MSECost
+from eqagent.energy import EnergyNet
+from eqagent.ep import EPConfig, ep_gradients, free_phase
+from eqagent.relax import settle
+
+__all__ = ["DreamRunConfig", "DreamerConfig", "DreamerNet", "dream_grid", "run_dream", "train_judge"]
+
+
+@dataclass
+class DreamerConfig:
+    """Settings of :class:`DreamerNet`.
+
+    Attributes:
+        hidden: Hidden layer sizes.
+        beta: EP nudging strength (symmetric ±β).
+        free_steps: Free-phase relaxation steps.
+        nudged_steps: Nudged-phase relaxation steps.
+        dream_weight: Weight of the generative (dream-direction) EP gradient relative to the classification one.
+        dream_steps: Relaxation steps of :meth:`DreamerNet.dream`.
+        label_copies: Units per label in the label layer (a population code: a clamped label then drives the
+            hidden layer ``label_copies`` times as strongly; the class score is the copies' mean).
+        seed: Initialisation seed.
+    """
+
+    hidden: tuple[int, ...] = (500,)
+    beta: float = 0.5
+    free_steps: int = 20
+    nudged_steps: int = 8
+    dream_weight: float = 1.0
+    dream_steps: int = 40
+    label_copies: int = 1
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.hidden or any(int(h) < 1 for h in self.hidden):
+            raise ValueError(f"hidden must list positive sizes, got {self.hidden}")
+        if self.label_copies < 1:
+            raise ValueError(f"label_copies must be >= 1, got {self.label_copies}")
+        if not self.beta > 0 or self.dream_weight < 0 or self.free_steps < 1 or self.dream_steps < 1:
+            raise ValueError("beta must be > 0, dream_weight >= 0, free_steps and dream_steps >= 1")
+
+
+def _mirror(net: EnergyNet) -> EnergyNet:
+    """``net`` read from its last layer to its first: same parameters (transposed views), reversed layers."""
+    sizes = net.sizes[::-1]
+    rev = EnergyNet(
+        sizes, activation=net.activations[0], input_activation=net.activations[-1], input_bias=True
+    )
+    rev.weights = nn.ParameterList([nn.Parameter(w.data.transpose(-1, -2)) for w in reversed(net.weights)])
+    rev.biases = nn.ParameterList([nn.Parameter(b.data) for b in reversed(net.biases)])
+    rev.activations = net.activations[::-1]
+    return rev
+
+
+class DreamerNet(nn.Module):
+    """A classifier that also dreams (see the module docstring).
+
+    Args:
+        in_dim: Pixels per image.
+        num_classes: Labels.
+        config: :class:`DreamerConfig`.
+    """
+
+    def __init__(self, in_dim: int, num_classes: int, config: DreamerConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or DreamerConfig()
+        gen = torch.Generator().manual_seed(cfg.seed)
+        self.in_dim, self.num_classes = int(in_dim), int(num_classes)
+        self.net = EnergyNet(
+            [self.in_dim, *cfg.hidden, self.num_classes * cfg.label_copies],
+            activation="hard_sigmoid",
+            input_activation="hard_sigmoid",
+            input_bias=True,
+            generator=gen,
+        )
+        self._rev = [_mirror(self.net)]  # not a submodule: its parameters are views of self.net's
+        self.cost = MSECost()
+        self.ep = EPConfig(
+            beta=cfg.beta, symmetric=True, free_steps=cfg.free_steps, nudged_steps=cfg.nudged_steps
+        )
+        self._gen = torch.Generator().manual_seed(cfg.seed + 1)
+
+    def _onehot(self, labels: torch.Tensor) -> torch.Tensor:
+        labels = torch.as_tensor(labels).long().reshape(-1)
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
+            raise ValueError(f"labels must lie in [0, {self.num_classes})")
+        y = nn.functional.one_hot(labels, self.num_classes).float()
+        return y.repeat_interleave(self.config.label_copies, dim=-1)
+
+    def _check_images(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if x.dim() != 2 or x.shape[1] != self.in_dim:
+            raise ValueError(f"images must be (B, {self.in_dim}), got {tuple(x.shape)}")
+        return x
+
+    def gradients(
+        self, x: torch.Tensor, labels: torch.Tensor
+    ) -> tuple[dict[nn.Parameter, torch.Tensor], dict]:
+        """EP gradients of both directions, summed on the shared parameters; also the two free-phase costs."""
+        x, y = self._check_images(x), self._onehot(labels)
+        cls = ep_gradients(self.net, self.cost, x, y, self.ep)
+        grads = dict(cls.grads)
+        losses = {"classify": cls.loss}
+        if self.config.dream_weight > 0:
+            rev = self._rev[0]
+            gen = ep_gradients(rev, self.cost, y, x, self.ep)
+            owner = {id(p): (q, True) for p, q in zip(rev.weights, reversed(self.net.weights))}
+            owner.update({id(p): (q, False) for p, q in zip(rev.biases, reversed(self.net.biases))})
+            for p, g in gen.grads.items():
+                q, is_weight = owner[id(p)]
+                g = g.transpose(-1, -2) if is_weight else g
+                grads[q] = grads.get(q, 0) + self.config.dream_weight * g
+            losses["dream"] = gen.loss
+        return grads, losses
+
+    def train_batch(self, x: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
+                    lr_scale: float = 1.0) -> dict:  # fmt: skip
+        """One EP step in both directions; ``lr_scale`` multiplies the step (the surprise gate)."""
+        grads, losses = self.gradients(x, labels)
+        optimizer.zero_grad(set_to_none=True)
+        for p, g in grads.items():
+            if p.requires_grad:
+                p.grad = g * lr_scale
+        optimizer.step()
+        return losses
+
+    @torch.no_grad()
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        """Class scores at the free equilibrium (image clamped): label-layer states, ``(B, num_classes)``."""
+        out = free_phase(self.net, self._check_images(x), self.ep).states[-1]
+        return out.reshape(len(out), self.num_classes, self.config.label_copies).mean(-1)
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor, batch_size: int = 1000) -> torch.Tensor:
+        x = self._check_images(x)
+        return torch.cat(
+            [self.logits(x[i : i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)]
+        )
+
+    @torch.no_grad()
+    def dream(
+        self,
+        labels,
+        steps: int | None = None,
+        noise: float = 0.0,
+        generator: torch.Generator | None = None,
+        return_states: bool = False,
+    ):
+        """Images ``(B, in_dim)`` dreamt for ``labels``: label clamped, image and hidden free, relaxed.
+
+        The relaxation starts, as in training, from the top-down sweep of the label (plus Gaussian ``noise`` on the
+        hidden and image states, drawn from ``generator`` or the net's own: different starts, different dreams).
+        With ``return_states`` every layer's equilibrium is returned too (image first).
+        """
+        y = self._onehot(labels)
+        g = generator if generator is not None else self._gen
+        states = self._rev[0].feedforward(y)[::-1]  # image, hidden..., label
+        if noise > 0:
+            states = [s + noise * torch.randn(s.shape, generator=g) for s in states[:-1]] + [y]
+        states[-1] = y
+        res = settle(self.net, states, clamped=(-1,), steps=steps or self.config.dream_steps)
+        return (res.states[0], res.states) if return_states else res.states[0]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# `eqagent dream`
+@dataclass
+class DreamRunConfig:
+    """Settings of ``eqagent dream``.
+
+    Attributes:
+        epochs: Training epochs of the dreamer (EP, both directions).
+        per_class: Dreams per label in the grid (k of the 10×k grid).
+        noise: Std of the noise on the dreams' starting states (variety).
+        batch_size: Minibatch size.
+        lr: Adam learning rate.
+        label_copies: Units per label (see :class:`DreamerConfig`).
+        dream_weight: Weight of the dream-direction gradient.
+        hidden: Hidden size of the dreamer.
+        judge_epochs: Epochs of the independent backprop judge (MLP 784-256-10).
+        train_limit: Use only the first N training images (0: all).
+        data_dir: MNIST directory (empty: eqagent's default lookup).
+        download: Download missing MNIST files.
+        out: Path of the PNG grid.
+        tensorboard_log: Root of TensorBoard runs (empty: none).
+        threads: torch CPU threads (0: default).
+        seed: Seed.
+    """
+
+    epochs: int = 1
+    per_class: int = 10
+    noise: float = 0.3
+    batch_size: int = 32
+    lr: float = 1e-3
+    label_copies: int = 10
+    dream_weight: float = 1.0
+    hidden: int = 500
+    judge_epochs: int = 2
+    train_limit: int = 0
+    data_dir: str = ""
+    download: bool = False
+    out: str = "dreams.png"
+    tensorboard_log: str = "runs"
+    threads: int = 0
+    seed: int = 0
+
+
+def dream_grid(images: torch.Tensor, rows: int, side: int) -> torch.Tensor:
+    """Tiles ``(rows·k, side²)`` images into one ``(rows·side, k·side)`` picture (row r = label r)."""
+    k = len(images) // rows
+    return images.reshape(rows, k, side, side).permute(0, 2, 1, 3).reshape(rows * side, k * side)
+
+
+def train_judge(x: torch.Tensor, y: torch.Tensor, num_classes: int, epochs: int, seed: int) -> nn.Module:
+    """An independent backprop MLP classifier (784-256-10, Adam) that scores the dreams."""
+    gen = torch.Generator().manual_seed(seed + 99)
+    torch.manual_seed(seed + 99)
+    judge = nn.Sequential(nn.Linear(x.shape[1], 256), nn.ReLU(), nn.Linear(256, num_classes))
+    opt = torch.optim.Adam(judge.parameters(), lr=1e-3)
+    for _ in range(epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), 128):
+            idx = perm[i : i + 128]
+            opt.zero_grad(set_to_none=True)
+            nn.functional.cross_entropy(judge(x[idx]), y[idx]).backward()
+            opt.step()
+    return judge.eval()
+
+
+def run_dream(cfg: DreamRunConfig, data: tuple | None = None) -> dict:
+    """Trains a :class:`DreamerNet` and a backprop judge on MNIST, dreams a 10×k grid, scores it.
+
+    Args:
+        cfg: Settings.
+        data: Optional ``(train_images, train_labels, test_images, test_labels)`` (uint8, square images) instead
+            of the MNIST files (tests).
+    """
+    import time
+
+    import numpy as np
+
+    from eqagent.data import load_mnist
+    from eqagent.logging import Logger, next_run_dir
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    t0 = time.perf_counter()
+    if data is None:
+        root = cfg.data_dir or None
+        tr_x, tr_y = load_mnist(root, "train", download=cfg.download)
+        te_x, te_y = load_mnist(root, "test", download=cfg.download)
+    else:
+        tr_x, tr_y, te_x, te_y = data
+    if cfg.train_limit:
+        tr_x, tr_y = tr_x[: cfg.train_limit], tr_y[: cfg.train_limit]
+    x = torch.from_numpy(tr_x.reshape(len(tr_x), -1).astype(np.float32) / 255.0)
+    y = torch.from_numpy(tr_y)
+    xt = torch.from_numpy(te_x.reshape(len(te_x), -1).astype(np.float32) / 255.0)
+    yt = torch.from_numpy(te_y)
+    torch.manual_seed(cfg.seed)
+    num_classes = 10
+    model = DreamerNet(x.shape[1], num_classes, DreamerConfig(hidden=(cfg.hidden,), dream_weight=cfg.dream_weight,
+                                                     label_copies=cfg.label_copies, seed=cfg.seed))  # fmt: skip
+    opt = torch.optim.Adam(model.net.trainable_parameters(), lr=cfg.lr)
+    logger = Logger(next_run_dir(cfg.tensorboard_log, "EPDreamer") if cfg.tensorboard_log else None)
+    gen = torch.Generator().manual_seed(cfg.seed)
+    step = 0
+    for _ in range(cfg.epochs):
+        perm = torch.randperm(len(x), generator=gen)
+        for i in range(0, len(x), cfg.batch_size):
+            idx = perm[i : i + cfg.batch_size]
+            losses = model.train_batch(x[idx], y[idx], opt)
+            step += len(idx)
+            for k, v in losses.items():
+                logger.record(f"train/{k}_cost", v)
+            if (i // cfg.batch_size) % 200 == 0:
+                logger.dump(step)
+    test_acc = float((model.predict(xt) == yt).float().mean())
+    judge = train_judge(x, y, num_classes, cfg.judge_epochs, cfg.seed)
+    with torch.no_grad():
+        judge_acc = float((judge(xt).argmax(-1) == yt).float().mean())
+        labels = torch.arange(num_classes).repeat_interleave(cfg.per_class)
+        dreams = model.dream(labels, noise=cfg.noise, generator=torch.Generator().manual_seed(cfg.seed + 5))
+        dream_pred = judge(dreams).argmax(-1)
+    dream_acc = float((dream_pred == labels).float().mean())
+    side = math.isqrt(x.shape[1])
+    if side * side != x.shape[1]:
+        raise ValueError(f"images must be square to tile, got {x.shape[1]} pixels")
+    grid = dream_grid(dreams, num_classes, side).clamp(0, 1)
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plt.imsave(out, grid.numpy(), cmap="gray", vmin=0, vmax=1)
+    logger.record("dream/accuracy", dream_acc)
+    logger.record("eval/test_accuracy", test_acc)
+    logger.dump(step)
+    logger.add_image("dream/grid", grid.numpy(), step)
+    logger.close()
+    per_label = [float((dream_pred[labels == c] == c).float().mean()) for c in range(num_classes)]
+    return {"dream_accuracy": dream_acc, "dream_accuracy_per_label": per_label, "judge_test_accuracy": judge_acc,
+            "dreamer_test_accuracy": test_acc, "png": str(out), "dreams": len(labels),
+            "seconds": time.perf_counter() - t0,
+            "run_dir": str(logger.run_dir) if logger.run_dir else None}  # fmt: skip

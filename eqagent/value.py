@@ -1,0 +1,129 @@
+"""A learned state value, trained by EP with TD(0) targets: the planner's look past its horizon.
+
+A planner that sums ``H`` imagined steps cannot see slow failures beyond ``H`` (a cart drifting off the track).
+As in TD-MPC, a terminal value ``V(ŝ_H)`` closes the sum. ``V`` is an ensemble MLP prediction-error energy (the
+same engine as the world model) trained with the local EP rule on replayed real transitions:
+
+    target = (1 − γ)·r/κ + γ·(1 − terminated)·u⁻(s')        u ≈ (1 − γ)·V/κ
+
+where ``u⁻`` is a slowly tracking copy (Polyak ``tau``) and ``κ = √(μ_r² + σ_r²)`` the root mean square of the
+rewards seen (from the reward normaliser; a constant reward such as CartPole's has ``σ_r = 0``): the network
+learns a value in units of ``κ/(1 − γ)``, of order one for any reward scale. Truncated episodes
+bootstrap (only ``terminated`` stops the sum). The value is that of the agent's own behaviour (the planner).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+from eqagent.costs import MSECost
+from eqagent.energy import EnsembleMLPEnergy
+from eqagent.ep import EPConfig, ep_gradients
+
+__all__ = ["EPValueFunction", "ValueConfig"]
+
+
+@dataclass
+class ValueConfig:
+    """Settings of :class:`EPValueFunction`.
+
+    Attributes:
+        hidden: Hidden layer sizes.
+        members: Ensemble members (each sees its own bootstrapped batch; the value is their mean).
+        discount: γ of the value (use the planner's).
+        lr: Adam learning rate.
+        beta: EP nudging strength.
+        settle_steps: EP nudged relaxation steps.
+        batch_size: Replayed transitions per update and member.
+        tau: Polyak rate of the target copy.
+        seed: Initialisation and sampling seed.
+    """
+
+    hidden: tuple[int, ...] = (64, 64)
+    members: int = 1
+    discount: float = 0.99
+    lr: float = 1e-3
+    beta: float = 0.01
+    settle_steps: int = 3
+    batch_size: int = 64
+    tau: float = 0.01
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 < self.discount < 1:
+            raise ValueError(f"value discount must lie in (0, 1), got {self.discount}")
+        if not 0 < self.tau <= 1 or not self.lr > 0 or not self.beta > 0:
+            raise ValueError("tau must lie in (0, 1], lr and beta must be > 0")
+        if self.members < 1 or self.batch_size < 1 or len(self.hidden) < 1:
+            raise ValueError("members and batch_size must be >= 1 and hidden must list a layer")
+
+
+class EPValueFunction(nn.Module):
+    """``V(s)`` of a world model's env, learned by EP from its replay (see the module docstring).
+
+    Args:
+        world_model: An :class:`eqagent.world_model.EPWorldModel`: its replay, observation and reward normalisers
+            are shared (not copied).
+        config: :class:`ValueConfig`.
+    """
+
+    def __init__(self, world_model, config: ValueConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or ValueConfig()
+        self.wm = [world_model]  # a list: not registered as a submodule (saved by its owner)
+        gen = torch.Generator().manual_seed(cfg.seed + 7919)
+        d = world_model.obs_dim
+        self.energy = EnsembleMLPEnergy([d, *cfg.hidden, 1], cfg.members, "tanh", generator=gen)
+        self.target = copy.deepcopy(self.energy).requires_grad_(False)
+        self.cost = MSECost()
+        self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=cfg.lr)
+        self.ep = EPConfig(beta=cfg.beta, symmetric=True, free_steps=0, nudged_steps=cfg.settle_steps)
+        self.rng = np.random.default_rng(cfg.seed + 7919)
+        self.updates = 0
+
+    def _input(self, obs: torch.Tensor) -> torch.Tensor:
+        return self.wm[0].obs_norm.normalize(obs).clamp(-10, 10)
+
+    def _kappa(self) -> float:
+        """Root mean square of the rewards seen (at least 1e-3)."""
+        rn = self.wm[0].reward_norm
+        var = float((rn.m2 / rn.count.clamp_min(1.0)).item())
+        return max(1e-3, (float(rn.mean.item()) ** 2 + var) ** 0.5)
+
+    def _scale(self) -> float:
+        """``κ / (1 − γ)``: network units → reward units."""
+        return self._kappa() / (1 - self.config.discount)
+
+    @torch.no_grad()
+    def forward(self, obs: torch.Tensor) -> torch.Tensor:
+        """``V`` in reward units for observations ``(..., d)`` → ``(...)`` (the members' mean)."""
+        lead = obs.shape[:-1]
+        x = self._input(obs.reshape(-1, obs.shape[-1]))
+        return self.energy(x).mean(0)[:, 0].reshape(lead) * self._scale()
+
+    def update(self) -> float:
+        """One EP step on a replayed minibatch per member with TD(0) targets; returns the mean squared TD error."""
+        cfg, wm = self.config, self.wm[0]
+        n = wm.replay.size
+        if n == 0:
+            return float("nan")
+        idx = self.rng.integers(0, n, size=(cfg.members, min(cfg.batch_size, n)))
+        o, _, no, r, t = (torch.from_numpy(v) for v in wm.replay.sample(idx))
+        with torch.no_grad():
+            boot = self.target(self._input(no))[..., 0]  # (M, B)
+            y = ((1 - cfg.discount) * r / self._kappa() + cfg.discount * (1 - t) * boot)[..., None]
+        self.optimizer.zero_grad(set_to_none=True)
+        step = ep_gradients(self.energy, self.cost, self._input(o), y, self.ep)
+        for p, g in step.grads.items():
+            p.grad = g
+        self.optimizer.step()
+        with torch.no_grad():
+            for p, q in zip(self.energy.parameters(), self.target.parameters()):
+                q.lerp_(p, cfg.tau)
+        self.updates += 1
+        return float(step.loss)
