@@ -77,8 +77,8 @@ class EPAgentConfig:
     epistemic_weight: float = 0.0
     learning_starts: int = 100
     terminal_value: bool = True
-    value_updates_per_step: int = 1
-    value_discount: float = 0.97
+    value_updates_per_step: int = 2
+    value_discount: float = 0.99
     value_tau: float = 0.05
     preference: str = ""
 

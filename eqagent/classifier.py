@@ -52,6 +52,9 @@ class MNISTConfig:
         tensorboard_log: Root directory of TensorBoard runs (empty: no logs).
         device: torch device.
         verbose: Print one line per epoch.
+        show_relaxation: After training, render the relaxation (free, then nudged) of this test image index as
+            ``{relaxation_out}.gif``/``.png`` and TensorBoard images (-1: off).
+        relaxation_out: Path prefix of the relaxation GIF and PNG strip.
     """
 
     hidden: tuple[int, ...] = (500,)
@@ -75,6 +78,8 @@ class MNISTConfig:
     tensorboard_log: str = "runs"
     device: str = "cpu"
     verbose: bool = True
+    show_relaxation: int = -1
+    relaxation_out: str = "relaxation"
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -267,6 +272,19 @@ def train_mnist(
                 f"s={ep_times[-1]:.1f}{extra}",
                 flush=True,
             )
+    relaxation = None
+    if cfg.show_relaxation >= 0:
+        from eqagent.viewer import render_relaxation, trace_relaxation
+
+        i = cfg.show_relaxation
+        if i >= len(xte):
+            raise ValueError(f"show_relaxation index {i} is beyond the {len(xte)} test images")
+        frames = trace_relaxation(clf.net, clf.cost, xte[i : i + 1], clf.target(yte[i : i + 1]), clf.ep)
+        relaxation = {
+            "index": i,
+            "label": int(yte[i]),
+            **render_relaxation(frames, cfg.relaxation_out, logger),
+        }
     if logger is not None:
         logger.close()
     summary = {
@@ -285,4 +303,6 @@ def train_mnist(
         summary["ep_bp_time_ratio"] = summary["seconds_per_epoch"] / summary["bp_seconds_per_epoch"]
     if logger is not None:
         summary["run_dir"] = str(logger.run_dir)
+    if relaxation is not None:
+        summary["relaxation"] = relaxation
     return summary, clf

@@ -1,8 +1,8 @@
 import torch
-from eqagent.dreaming import DreamerConfig, DreamerNet, DreamRunConfig, dream_grid, run_dream, train_judge
-from eqagent.ep import ep_gradients
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from eqagent.dreaming import DreamerConfig, DreamerNet, DreamRunConfig, dream_grid, run_dream, train_judge
+from eqagent.ep import ep_gradients
 from tests.conftest import synthetic_digits
 
 SMALL = dict(hidden=(32,), free_steps=10, nudged_steps=5, dream_steps=15, label_copies=3)
@@ -24,7 +24,9 @@ def test_mirror_shares_weights_and_carries_the_dream_gradient():
     grads, losses = m.gradients(x, y)
     gen = ep_gradients(rev, m.cost, m._onehot(y), x, m.ep)
     cls = ep_gradients(m.net, m.cost, x, m._onehot(y), m.ep)
-    torch.testing.assert_close(grads[m.net.weights[0]], cls.grads[m.net.weights[0]] + gen.grads[rev.weights[1]].T)
+    torch.testing.assert_close(
+        grads[m.net.weights[0]], cls.grads[m.net.weights[0]] + gen.grads[rev.weights[1]].T
+    )
     torch.testing.assert_close(grads[m.net.biases[0]], gen.grads[rev.biases[2]])
     assert set(losses) == {"classify", "dream"}
 
