@@ -39,6 +39,8 @@ class OnlineConfig:
     Attributes:
         hidden: Hidden size of the dreamer net.
         label_copies: Units per label.
+        free_steps: Free-phase relaxation steps.
+        nudged_steps: Nudged-phase relaxation steps.
         lr: Adam learning rate (times the gate).
         batch_size: Real images per update (the newest plus recent ones).
         recent: Capacity of the recent-image buffer.
@@ -52,6 +54,8 @@ class OnlineConfig:
 
     hidden: int = 500
     label_copies: int = 10
+    free_steps: int = 20
+    nudged_steps: int = 8
     lr: float = 1e-3
     batch_size: int = 32
     recent: int = 1000
@@ -76,7 +80,8 @@ class OnlineEPClassifier:
         self.config = c = config or OnlineConfig()
         torch.manual_seed(c.seed)
         self.model = DreamerNet(num_pixels, num_classes,
-                                DreamerConfig(hidden=(c.hidden,), label_copies=c.label_copies, seed=c.seed))  # fmt: skip
+                                DreamerConfig(hidden=(c.hidden,), label_copies=c.label_copies, free_steps=c.free_steps,
+                                              nudged_steps=c.nudged_steps, seed=c.seed))  # fmt: skip
         self.num_classes = num_classes
         self.optimizer = torch.optim.Adam(self.model.net.trainable_parameters(), lr=c.lr)
         self.gate = SurpriseGate(SurpriseGateConfig(warmup=200))
@@ -179,8 +184,20 @@ def _stream(
     return log
 
 
-def run_replay_bench(cfg: ReplayBenchConfig, data: tuple | None = None) -> dict:
-    """Class-incremental split-MNIST through the env, with and without dream replay (same net, same stream)."""
+def run_replay_bench(
+    cfg: ReplayBenchConfig,
+    data: tuple | None = None,
+    learner: OnlineConfig | None = None,
+    num_classes: int = 10,
+) -> dict:
+    """Class-incremental split-MNIST through the env, with and without dream replay (same net, same stream).
+
+    Args:
+        cfg: Settings.
+        data: Optional ``(train_images, train_labels, test_images, test_labels)`` instead of the MNIST files.
+        learner: Learner settings (default :class:`OnlineConfig` with ``cfg.seed``).
+        num_classes: Labels of the data.
+    """
     from eqagent.data import load_mnist
 
     if cfg.threads:
@@ -195,11 +212,11 @@ def run_replay_bench(cfg: ReplayBenchConfig, data: tuple | None = None) -> dict:
     yt = torch.from_numpy(np.asarray(te_y))
     out: dict = {}
     for name, replay in (("replay", True), ("no_replay", False)):
-        learner = OnlineEPClassifier(xt.shape[1], 10, OnlineConfig(seed=cfg.seed))
-        log = _stream(cfg, learner, replay, dict(images=tr_x, labels=tr_y))
-        pred = learner.model.predict(xt)
+        agent = OnlineEPClassifier(xt.shape[1], num_classes, learner or OnlineConfig(seed=cfg.seed))
+        log = _stream(cfg, agent, replay, dict(images=tr_x, labels=tr_y, num_classes=num_classes))
+        pred = agent.model.predict(xt)
         out[f"{name}_accuracy"] = float((pred == yt).float().mean())
-        out[f"{name}_per_class"] = [float((pred[yt == c] == c).float().mean()) for c in range(10)]
+        out[f"{name}_per_class"] = [float((pred[yt == c] == c).float().mean()) for c in range(num_classes)]
         out[f"{name}_tasks"] = log
     out["seconds"] = time.perf_counter() - t0
     return out

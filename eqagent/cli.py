@@ -85,6 +85,13 @@ BENCHMARKS = (
         "Hebbian plastic vs plain RNN on pattern completion",
     ),
     (
+        "replay",
+        "eqagent.agents.mnist_agent",
+        "ReplayBenchConfig",
+        "run_replay_bench",
+        "class-incremental split-MNIST through the env, with and without dream replay",
+    ),
+    (
         "worldmodel",
         "eqagent.agents.worldmodel_bench",
         "WorldModelBenchConfig",
