@@ -46,7 +46,8 @@ class OnlineConfig:
         recent: Capacity of the recent-image buffer.
         train_every: Env steps per update.
         gate: Use the surprise gate.
-        replay_batch: Dreams per update (once old classes exist).
+        replay_per_class: Dreams per old class in every update (once old classes exist): old classes are replayed
+            as often as each new class is seen (``batch_size`` real images cover the current task's classes).
         dreams_per_class: Dreams generated per old class at each task start.
         dream_noise: Noise on the dreams' starting states (variety).
         seed: Seed.
@@ -61,7 +62,7 @@ class OnlineConfig:
     recent: int = 1000
     train_every: int = 4
     gate: bool = True
-    replay_batch: int = 32
+    replay_per_class: int = 16
     dreams_per_class: int = 500
     dream_noise: float = 0.3
     seed: int = 0
@@ -133,8 +134,9 @@ class OnlineEPClassifier:
         batch = [self.recent[-1]] + [self.recent[i] for i in idx]
         xb = torch.from_numpy(np.stack([b[0] for b in batch]))
         yb = torch.tensor([b[1] for b in batch])
-        if self.dreams is not None and c.replay_batch:
-            j = torch.from_numpy(self.rng.integers(0, len(self.dreams[1]), size=c.replay_batch))
+        if self.dreams is not None and c.replay_per_class:
+            n_old = len(torch.unique(self.dreams[1]))
+            j = torch.from_numpy(self.rng.integers(0, len(self.dreams[1]), size=c.replay_per_class * n_old))
             xb = torch.cat([xb, self.dreams[0][j]])
             yb = torch.cat([yb, self.dreams[1][j]])
         self.model.train_batch(xb, yb, self.optimizer, lr_scale=g)

@@ -35,14 +35,18 @@ def trace_relaxation(
 
     Returns:
         One dict per step (step 0 = the feed-forward start): ``phase``, ``step``, ``states`` (numpy, one per
-        layer), ``energy`` (``E``) and ``cost`` (``C`` at that state).
+        layer), ``output`` (the cost's output: the last layer, or the readout's class probabilities), ``energy``
+        (``E``) and ``cost`` (``C`` at that state).
     """
     beta = config.beta if beta is None else beta
     states = net.feedforward(x)
     target = cost.check_target(target, states[-1])
 
     def frame(phase: str, t: int, s: list[torch.Tensor]) -> dict:
-        return {"phase": phase, "step": t, "states": [v[0].numpy().copy() for v in s],
+        out = cost.output(s[-1])[0]
+        if out.shape != s[-1][0].shape:  # a readout: show its class probabilities
+            out = torch.softmax(out, -1)
+        return {"phase": phase, "step": t, "states": [v[0].numpy().copy() for v in s], "output": out.numpy().copy(),
                 "energy": float(net.energy(s)[0]), "cost": float(cost.value(s[-1], target)[0])}  # fmt: skip
 
     frames = [frame("free", 0, states)]
@@ -84,17 +88,33 @@ def render_relaxation(frames: list[dict], out_prefix: str | Path, logger=None, s
 
     out_prefix = Path(out_prefix)
     out_prefix.parent.mkdir(parents=True, exist_ok=True)
-    n_layers = len(frames[0]["states"])
+    readout = not np.array_equal(frames[0]["output"], frames[0]["states"][-1])
+    panels = [*range(len(frames[0]["states"])), *(["output"] if readout else [])]
+    n_layers = len(panels)
+
+    def panel(f: dict, p) -> tuple[np.ndarray, str]:
+        if p == "output":
+            return f["output"][None], f"output ({f['output'].size})"
+        return _as_image(f["states"][p]), f"layer {p} ({f['states'][p].size})"
+
     energies = [f["energy"] for f in frames]
     costs = [f["cost"] for f in frames]
     n_free = sum(f["phase"] == "free" for f in frames)
 
     def draw(fig, axes, i: int) -> None:
         f = frames[i]
-        for l, ax in enumerate(axes[:n_layers]):
+        for p, ax in zip(panels, axes):
+            img, title = panel(f, p)
             ax.clear()
-            ax.imshow(_as_image(f["states"][l]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
-            ax.set_title(f"layer {l} ({f['states'][l].size})", fontsize=8)
+            ax.imshow(
+                img,
+                cmap="gray",
+                vmin=0,
+                vmax=1,
+                interpolation="nearest",
+                aspect="auto" if p == "output" else None,
+            )
+            ax.set_title(title, fontsize=8)
             ax.axis("off")
         ax = axes[n_layers]
         ax.clear()
@@ -125,15 +145,23 @@ def render_relaxation(frames: list[dict], out_prefix: str | Path, logger=None, s
     fig, axes = plt.subplots(n_layers, len(picks), figsize=(1.6 * len(picks), 1.7 * n_layers), squeeze=False)
     for j, i in enumerate(picks):
         f = frames[i]
-        for l in range(n_layers):
+        for l, p in enumerate(panels):
             ax = axes[l][j]
-            ax.imshow(_as_image(f["states"][l]), cmap="gray", vmin=0, vmax=1, interpolation="nearest")
+            img, title = panel(f, p)
+            ax.imshow(
+                img,
+                cmap="gray",
+                vmin=0,
+                vmax=1,
+                interpolation="nearest",
+                aspect="auto" if p == "output" else None,
+            )
             ax.set_xticks([])
             ax.set_yticks([])
             if l == 0:
-                ax.set_title(f"{f['phase']} {f['step']}\nE={f['energy']:.2f} C={f['cost']:.2f}", fontsize=7)
+                ax.set_title(f"{f['phase']} {f['step']}\nE={f['energy']:.4g}\nC={f['cost']:.3g}", fontsize=7)
             if j == 0:
-                ax.set_ylabel(f"layer {l}", fontsize=7)
+                ax.set_ylabel(title.split(" (")[0], fontsize=7)
     fig.tight_layout()
     png = out_prefix.with_suffix(".png")
     fig.savefig(png, dpi=100)

@@ -4,7 +4,7 @@ from eqagent.agents.mnist_agent import OnlineConfig, OnlineEPClassifier, ReplayB
 
 from tests.conftest import synthetic_digits
 
-SMALL = dict(hidden=32, label_copies=2, batch_size=16, train_every=2, dreams_per_class=20, replay_batch=8,
+SMALL = dict(hidden=32, label_copies=2, batch_size=16, train_every=2, dreams_per_class=20, replay_per_class=4,
              free_steps=8, nudged_steps=4)  # fmt: skip
 
 
