@@ -44,6 +44,7 @@ class WorldModelBenchConfig:
         hidden: Hidden sizes.
         seed: Stream seed.
         skip_shift: Leave out the shift experiment.
+        forget_on_shift: The gated models forget old replay on a detected shift (see ``WorldModelConfig``).
         threads: torch CPU threads (0: default).
     """
 
@@ -56,6 +57,7 @@ class WorldModelBenchConfig:
     hidden: tuple[int, ...] = (64, 64)
     seed: int = 0
     skip_shift: bool = False
+    forget_on_shift: bool = True
     threads: int = 0
 
 
@@ -130,9 +132,8 @@ def run_worldmodel_bench(cfg: WorldModelBenchConfig) -> dict:
     half = cfg.steps // 2
 
     def model(learner: str, gate: bool) -> EPWorldModel:
-        wcfg = WorldModelConfig(
-            hidden=tuple(cfg.hidden), members=cfg.members, learner=learner, gate=gate, seed=cfg.seed
-        )
+        wcfg = WorldModelConfig(hidden=tuple(cfg.hidden), members=cfg.members, learner=learner, gate=gate,
+                                seed=cfg.seed, forget_on_shift=gate and cfg.forget_on_shift)  # fmt: skip
         return EPWorldModel(env.observation_space, env.action_space, wcfg)
 
     out: dict = {"env": cfg.env, "steps": cfg.steps}
@@ -149,6 +150,7 @@ def run_worldmodel_bench(cfg: WorldModelBenchConfig) -> dict:
     out["updates_per_second"] = out.pop("updates_per_second_ep")
     second = lambda c: float(np.mean([v for s, v in c if s > half]))  # noqa: E731
     out["gate_skip_fraction"] = results["gated"][2]
+    out["shifts_detected_stationary"] = results["gated"][0].shifts
     out["gated_error_increase"] = second(results["gated"][1]) / second(results["ep"][1]) - 1.0
 
     if not cfg.skip_shift and cfg.env in SHIFT_IDS:
@@ -168,4 +170,5 @@ def run_worldmodel_bench(cfg: WorldModelBenchConfig) -> dict:
         out["recovery_steps"] = int(rec[0]) + win if len(rec) else None
         out["pre_shift_error"] = level
         out["post_shift_error_peak"] = float(post[:50].max())
+        out["shifts_detected"] = wm.shifts
     return out

@@ -94,6 +94,14 @@ class ReplayBuffer:
     def sample(self, idx: np.ndarray) -> tuple[np.ndarray, ...]:
         return self.obs[idx], self.act[idx], self.next_obs[idx], self.reward[idx], self.term[idx]
 
+    def keep_last(self, n: int) -> None:
+        """Forgets all but the ``n`` newest transitions (kept in order at the start of the buffer)."""
+        n = max(0, min(int(n), self.size))
+        idx = (self.pos - n + np.arange(n)) % self.capacity
+        for arr in (self.obs, self.act, self.next_obs, self.reward, self.term):
+            arr[:n] = arr[idx].copy()
+        self.size, self.pos = n, n % self.capacity
+
 
 class WorldModelCost(Cost):
     """Cost on the world model's output ``[Δobs (d), reward (1), termination logit (1)]``.
@@ -150,6 +158,11 @@ class WorldModelConfig:
         updates_per_step: EP updates per observed step (when the gate is open).
         gate: Use the surprise gate (else every step updates at full lr).
         gate_config: Surprise-gate settings.
+        forget_on_shift: When the surprise stays at or above ``shift_z`` for ``shift_patience`` steps in a row
+            (a lasting change of the env, not one odd frame), forget the replay older than that streak, so stale
+            transitions from the old physics stop pulling the model back.
+        shift_z: Surprise (z-score) that counts toward a shift.
+        shift_patience: Consecutive surprising steps that make a shift.
         term_weight: Weight of the termination cross-entropy.
         seed: Random seed (initialisation and replay sampling).
     """
@@ -166,6 +179,9 @@ class WorldModelConfig:
     updates_per_step: int = 1
     gate: bool = True
     gate_config: SurpriseGateConfig = field(default_factory=SurpriseGateConfig)
+    forget_on_shift: bool = False
+    shift_z: float = 3.0
+    shift_patience: int = 5
     term_weight: float = 1.0
     seed: int = 0
 
@@ -231,6 +247,8 @@ class EPWorldModel(nn.Module):
         self.rng = np.random.default_rng(cfg.seed)
         self.updates = 0
         self.observed = 0
+        self.shifts = 0  # shifts detected (replay forgotten)
+        self._streak = 0
 
     # ------------------------------------------------------------------ encoding
     def encode_action(self, action) -> torch.Tensor:
@@ -456,7 +474,14 @@ class EPWorldModel(nn.Module):
         self.delta_norm.update((no - o)[None])
         self.reward_norm.update(torch.tensor([[float(reward)]]))
         self.observed += 1
-        g = self.gate(error) if self.config.gate else 1.0
+        g = self.gate(error) if (self.config.gate or self.config.forget_on_shift) else 1.0
+        if not self.config.gate:
+            g = 1.0
+        if self.config.forget_on_shift:
+            self._streak = self._streak + 1 if self.gate.last_surprise >= self.config.shift_z else 0
+            if self._streak == self.config.shift_patience and self.gate.steps > self.gate.config.warmup:
+                self.replay.keep_last(self._streak)
+                self.shifts += 1
         updated = False
         if not (self.config.gate and self.gate.skip(g)):
             for _ in range(self.config.updates_per_step):

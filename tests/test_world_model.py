@@ -6,7 +6,7 @@ import torch
 from eqagent.agents.worldmodel_bench import WorldModelBenchConfig, random_stream, run_worldmodel_bench
 
 from eqagent.surprise import SurpriseGate, SurpriseGateConfig
-from eqagent.world_model import EPWorldModel, RunningNormalizer, WorldModelConfig
+from eqagent.world_model import EPWorldModel, ReplayBuffer, RunningNormalizer, WorldModelConfig
 
 SMALL = dict(hidden=(16, 16), members=3, batch_size=16)
 
@@ -111,6 +111,30 @@ def test_replay_memory_is_bounded():
     for o, a, no, r, term, _, _ in random_stream(env, 120, 0):
         wm.observe(o, a, no, r, term)
     assert wm.replay.size == 50 and wm.replay.obs.shape[0] == 50
+
+
+def test_replay_keep_last_keeps_the_newest_in_order():
+    rb = ReplayBuffer(5, 1, 1)
+    for i in range(8):  # wraps around: holds 3..7
+        rb.add([i], [0], [i + 1], float(i), 0.0)
+    rb.keep_last(3)
+    assert rb.size == 3 and rb.pos == 3
+    np.testing.assert_array_equal(rb.reward[:3], [5, 6, 7])
+    rb.add([9], [0], [10], 9.0, 0.0)
+    np.testing.assert_array_equal(rb.reward[:4], [5, 6, 7, 9])
+
+
+def test_a_lasting_surprise_forgets_the_old_replay():
+    env = gym.make("CartPole-v1")
+    cfg = WorldModelConfig(**SMALL, forget_on_shift=True, gate_config=SurpriseGateConfig(warmup=100))
+    wm = EPWorldModel(env.observation_space, env.action_space, cfg)
+    stream = random_stream(env, 700, 0)
+    for o, a, no, r, term, _, _ in stream[:600]:
+        wm.observe(o, a, no, r, term)
+    assert wm.shifts == 0 and wm.replay.size == 600  # a stationary stream: nothing forgotten
+    for o, a, no, r, term, _, _ in stream[600:]:
+        wm.observe(o, a, no * 3.0 - 1.0, r, term)  # new "physics": every next frame far from the old law
+    assert wm.shifts >= 1 and wm.replay.size <= 100  # the 600 old-physics transitions are gone
 
 
 def test_state_dict_round_trip_keeps_normalisers_and_predictions():
