@@ -5,7 +5,7 @@ Every algorithm trains on the same seeds and step budget (SB3 with the rl-baseli
 ``eval_every`` env steps, ``eval_episodes`` deterministic episodes on a separate Monitor-wrapped env
 (:func:`stable_baselines3.common.evaluation.evaluate_policy`). Runs go to worker processes (one torch thread each).
 
-Outputs in ``out``: ``evaluations.csv`` (every evaluation), ``summary_{env}.md`` (one table row per algorithm),
+Outputs in ``out``: ``evaluations_{env}.csv`` (every evaluation), ``summary_{env}.md`` (one table row per algorithm),
 ``curves_{env}.png`` (mean and min–max band over seeds vs env steps, threshold line) and ``summary_{env}.json``;
 TensorBoard runs ``{env}__{algo}__{seed}__{time}_1`` under ``logdir`` with the same tags for every algorithm
 (``eval/mean_reward``, ``rollout/ep_rew_mean``, ``rollout/ep_len_mean``, ``time/fps``).
@@ -357,7 +357,7 @@ def run_compare(cfg: CompareConfig) -> dict:
         ]
         runs = [f.result() for f in futures]
     threshold = THRESHOLDS.get(cfg.env, getattr(gym.spec(cfg.env), "reward_threshold", None))
-    with open(out / "evaluations.csv", "w", newline="") as f:
+    with open(out / f"evaluations_{_slug(cfg.env)}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["env", "algo", "seed", "step", "eval_mean", "eval_std"])
         for r in runs:

@@ -18,7 +18,7 @@ def test_compare_end_to_end_writes_files_and_shared_tags(tmp_path, capsys):
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result["algos"]) == {"ep", "ppo", "dqn"}
-    rows = (out / "evaluations.csv").read_text().strip().splitlines()
+    rows = (out / "evaluations_eqagent_LineWorld-v0.csv").read_text().strip().splitlines()
     assert rows[0] == "env,algo,seed,step,eval_mean,eval_std" and len(rows) == 1 + 3 * 2
     md = (out / "summary_eqagent_LineWorld-v0.md").read_text()
     assert all(f"| {a} |" in md for a in ("ep", "ppo", "dqn"))
