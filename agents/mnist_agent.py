@@ -158,7 +158,7 @@ class ReplayBenchConfig:
     """
 
     tasks: str = "01,23,45,67,89"
-    steps_per_task: int = 6000
+    steps_per_task: int = 2000
     data_dir: str = ""
     download: bool = False
     threads: int = 0
