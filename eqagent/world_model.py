@@ -181,7 +181,7 @@ class WorldModelConfig:
     gate_config: SurpriseGateConfig = field(default_factory=SurpriseGateConfig)
     forget_on_shift: bool = False
     shift_z: float = 3.0
-    shift_patience: int = 5
+    shift_patience: int = 20
     term_weight: float = 1.0
     seed: int = 0
 
