@@ -190,3 +190,18 @@ def test_bench_runs_at_tiny_size():
         "updates_per_second",
     ):
         assert key in out
+
+
+def test_value_forward_is_the_energy_free_phase():
+    from eqagent.value import EPValueFunction, ValueConfig
+
+    env = gym.make("CartPole-v1")
+    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(**SMALL))
+    for o, a, no, r, term, _, _ in random_stream(env, 50, 0):
+        wm.observe(o, a, no, r, term)
+    v = EPValueFunction(wm, ValueConfig(hidden=(8, 8), members=2))
+    for _ in range(5):
+        v.update()
+    obs = torch.randn(3, 7, 4)
+    ref = v.energy(v._input(obs.reshape(-1, 4))).mean(0)[:, 0].reshape(3, 7) * v._scale()
+    torch.testing.assert_close(v(obs), ref)
