@@ -126,7 +126,9 @@ def test_replay_keep_last_keeps_the_newest_in_order():
 
 def test_a_lasting_surprise_forgets_the_old_replay():
     env = gym.make("CartPole-v1")
-    cfg = WorldModelConfig(**SMALL, forget_on_shift=True, gate_config=SurpriseGateConfig(warmup=100))
+    cfg = WorldModelConfig(
+        **SMALL, forget_on_shift=True, shift_patience=5, gate_config=SurpriseGateConfig(warmup=100)
+    )
     wm = EPWorldModel(env.observation_space, env.action_space, cfg)
     stream = random_stream(env, 700, 0)
     for o, a, no, r, term, _, _ in stream[:600]:
