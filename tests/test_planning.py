@@ -97,3 +97,20 @@ def test_bad_config():
         PlannerConfig(candidates=4, elites=8)
     with pytest.raises(ValueError, match="discount"):
         PlannerConfig(discount=0.0)
+
+
+def test_terminal_value_counts_past_the_horizon_weighted_by_survival():
+    m, n, h = 2, 3, 4
+    imagined = {
+        "obs": torch.zeros(m, n, h + 1, 1),
+        "reward": torch.zeros(m, n, h),
+        "term_prob": torch.zeros(m, n, h),
+        "disagreement": torch.zeros(n, h),
+    }
+    imagined["obs"][:, 1, h] = 1.0  # candidate 1 ends in a state worth 5 more
+    imagined["term_prob"][:, 2, 0] = 1.0  # candidate 2 dies at once: its end state counts for nothing
+    cfg = PlannerConfig(horizon=h, discount=0.9, termination_penalty=0.0)
+    g = expected_free_energy(imagined, cfg, terminal_value=lambda o: 2.0 + 5.0 * o[..., 0])
+    torch.testing.assert_close(g, torch.tensor([-2.0, -7.0, 0.0]) * 0.9**h)
+    no_value = expected_free_energy(imagined, cfg)
+    torch.testing.assert_close(no_value, torch.zeros(3))
