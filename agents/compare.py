@@ -26,12 +26,12 @@ from pathlib import Path
 import eqagent.envs  # noqa: F401  (registers eqagent ids)
 import gymnasium as gym
 import numpy as np
+from eqagent.agents.run import reward_threshold
 from eqagent.agents.zoo import ZOO, zoo_hyperparams
 
 __all__ = ["CompareConfig", "run_compare", "summarize"]
 
 SB3_ALGOS = ("ppo", "dqn", "sac")
-THRESHOLDS = {"CartPole-v1": 475.0, "Pendulum-v1": -200.0}
 
 
 @dataclass
@@ -158,7 +158,7 @@ def run_one(algo: str, env_id: str, seed: int, budget: int, cfg: dict, position:
     torch.set_num_threads(1)
     c = CompareConfig(**cfg)
     name = f"{_slug(env_id)}__{algo}__{seed}__{int(time.time())}"
-    threshold = THRESHOLDS.get(env_id, getattr(gym.spec(env_id), "reward_threshold", None))
+    threshold = reward_threshold(env_id)
     evals: list[dict] = []
     eval_seconds = [0.0]
     t_start = time.perf_counter()
@@ -240,18 +240,18 @@ def run_one(algo: str, env_id: str, seed: int, budget: int, cfg: dict, position:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Aggregation and outputs
+def _median_steps(values: list) -> float:
+    """Median of steps where ``None`` (not reached) counts as above the budget (``inf``)."""
+    return float(np.median([math.inf if v is None else v for v in values]))
+
+
 def _med(values: list, budget: int) -> str:
-    """Median / min / max of steps where ``None`` (not reached) counts as above the budget."""
+    """``median (min–max)`` of steps, unreached seeds shown as ``> budget``."""
     if not values:
         return "—"
-    keyed = sorted(math.inf if v is None else v for v in values)
+    keyed = [math.inf if v is None else v for v in values]
     fmt = lambda v: f"> {budget:,}" if math.isinf(v) else f"{int(v):,}"  # noqa: E731
-    med = (
-        keyed[(len(keyed) - 1) // 2]
-        if len(keyed) % 2
-        else (keyed[len(keyed) // 2 - 1] + keyed[len(keyed) // 2]) / 2
-    )
-    return f"{fmt(med)} ({fmt(keyed[0])}–{fmt(keyed[-1])})"
+    return f"{fmt(_median_steps(values))} ({fmt(min(keyed))}–{fmt(max(keyed))})"
 
 
 def summarize(runs: list[dict], threshold: float | None) -> dict[str, dict]:
@@ -265,8 +265,7 @@ def summarize(runs: list[dict], threshold: float | None) -> dict[str, dict]:
         finals = np.array([r["final_mean"] for r in rs], dtype=float)
 
         def median_or_none(v: list) -> float | None:
-            keyed = [math.inf if x is None else x for x in v]
-            m = float(np.median(keyed))
+            m = _median_steps(v)
             return None if math.isinf(m) else m
 
         out[algo] = {
@@ -356,7 +355,7 @@ def run_compare(cfg: CompareConfig) -> dict:
             for i, (a, s) in enumerate(jobs)
         ]
         runs = [f.result() for f in futures]
-    threshold = THRESHOLDS.get(cfg.env, getattr(gym.spec(cfg.env), "reward_threshold", None))
+    threshold = reward_threshold(cfg.env)
     with open(out / f"evaluations_{_slug(cfg.env)}.csv", "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["env", "algo", "seed", "step", "eval_mean", "eval_std"])

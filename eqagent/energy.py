@@ -804,8 +804,14 @@ class EnsembleMLPEnergy(PredictionErrorEnergy):
         return {self.weights[l - 1]: g_in_out, self.biases[l - 1]: g_bias}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Output of every member (the free equilibrium's last layer), ``(M, B, n_L)``; differentiable."""
+        """Output of every member (the free equilibrium's last layer), ``(M, B, n_L)``; differentiable.
+
+        The feed-forward pass without the activation derivatives that relaxation needs (cheap enough to plan with).
+        """
         h = self.check_layer(0, x, "input")
+        last = self.num_layers - 1
         for l in range(1, self.num_layers):
-            h = self._f(l, h)[0]
+            h = torch.baddbmm(self.biases[l - 1].unsqueeze(-2), h, self.weights[l - 1])
+            if l < last:
+                h = self._act[0](h)
         return h

@@ -103,15 +103,8 @@ class EPValueFunction(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         """``V`` in reward units for observations ``(..., d)`` → ``(...)`` (the members' mean)."""
         lead = obs.shape[:-1]
-        h = self._input(obs.reshape(-1, obs.shape[-1])).unsqueeze(0).expand(self.config.members, -1, -1)
-        last = len(self.energy.weights) - 1
-        for l, (w, b) in enumerate(zip(self.energy.weights, self.energy.biases)):
-            h = torch.baddbmm(
-                b.unsqueeze(-2), h, w
-            )  # the free phase = the feed-forward pass (no checks: planning)
-            if l < last:
-                h = torch.tanh(h)
-        return h.mean(0)[:, 0].reshape(lead) * self._scale()
+        x = self._input(obs.reshape(-1, obs.shape[-1]))
+        return self.energy(x).mean(0)[:, 0].reshape(lead) * self._scale()  # the free phase = the forward pass
 
     def update(self) -> float:
         """One EP step on a replayed minibatch per member with TD(0) targets; returns the mean squared TD error."""

@@ -474,9 +474,10 @@ class EPWorldModel(nn.Module):
         self.delta_norm.update((no - o)[None])
         self.reward_norm.update(torch.tensor([[float(reward)]]))
         self.observed += 1
-        g = self.gate(error) if (self.config.gate or self.config.forget_on_shift) else 1.0
-        if not self.config.gate:
-            g = 1.0
+        g = (
+            self.gate(error) if (self.config.gate or self.config.forget_on_shift) else 1.0
+        )  # (surprise statistics)
+        g = g if self.config.gate else 1.0
         if self.config.forget_on_shift:
             self._streak = self._streak + 1 if self.gate.last_surprise >= self.config.shift_z else 0
             if self._streak == self.config.shift_patience and self.gate.steps > self.gate.config.warmup:
