@@ -424,12 +424,7 @@ class EnergyNet(LayeredEnergy):
                 )
             return s
         if mode == "fixed_point":
-            for l in [l for l in free if l % 2 == 1] + [l for l in free if l % 2 == 0]:
-                d = self._ctx_drive(s, l, ctx)
-                if beta != 0.0 and l == last:
-                    d = d - beta * cost.grad_state(s[l], target)
-                s[l] = self.activations[l].project(d)
-            return s
+            return self._fixed_point_step_t(s, free, ctx, beta, cost, target)
         grads = {}
         for l in free:
             g = s[l] - self.activations[l].prime(s[l]) * self._ctx_drive(s, l, ctx)
@@ -438,6 +433,62 @@ class EnergyNet(LayeredEnergy):
             grads[l] = g
         for l in free:
             s[l] = self.activations[l].project(s[l] - eps * grads[l])
+        return s
+
+    def _transposed_context(self, s: Sequence[torch.Tensor], ctx: dict) -> dict:
+        """Weights and constant drives for the feature-major fixed-point loop, built once per relaxation.
+
+        ``up[l]`` is ``W_lᵀ`` made contiguous (``(…, n_{l+1}, n_l)``, bottom-up), ``down[l]`` is ``W_l`` itself
+        (top-down); ``const[l]`` is the bias (a ``(…, n_l, 1)`` column) plus the drive of clamped neighbours,
+        ``(…, n_l, B)``.
+        """
+        t = ctx.get("transposed")
+        if t is not None:
+            return t
+        clamped, last = ctx["clamped"], self.num_layers - 1
+        down = [w.detach() for w in self.weights]
+        up = [w.transpose(-1, -2).contiguous() for w in down]
+        const = {}
+        for l in range(self.num_layers):
+            if l in clamped:
+                continue
+            c = self.biases[l].detach().unsqueeze(-1)  # (…, n_l, 1)
+            if l > 0 and (l - 1) in clamped:
+                c = _addmm(c, up[l - 1], self.rho(l - 1, s[l - 1]).transpose(-1, -2))
+            if l < last and (l + 1) in clamped:
+                c = _addmm(c, down[l], self.rho(l + 1, s[l + 1]).transpose(-1, -2))
+            const[l] = c
+        t = ctx["transposed"] = {"up": up, "down": down, "const": const}
+        return t
+
+    def _fixed_point_step_t(self, s, free, ctx, beta, cost, target) -> list[torch.Tensor]:
+        """One fixed-point step computed feature-major: ``s_lᵀ ← Π(c_l + W_{l−1}ᵀ s_{l−1}ᵀ + W_l s_{l+1}ᵀ)``.
+
+        Same arithmetic as ``s_l ← Π(drive_l)``; the products are laid out as ``(n_l, B)`` so that thin layers
+        (a 10-unit output, a 7-unit world-model head) make wide matrix products, and the new states are written
+        in place of the fresh products (a free neighbour is in its box, where ``ρ(s) = s``). The returned states
+        are ``(…, B, n_l)`` views of feature-major storage.
+        """
+        t = self._transposed_context(s, ctx)
+        up, down, const, clamped = t["up"], t["down"], t["const"], ctx["clamped"]
+        last = self.num_layers - 1
+        for l in [l for l in free if l % 2 == 1] + [l for l in free if l % 2 == 0]:
+            d, fresh = const[l], False
+            if l > 0 and (l - 1) not in clamped:
+                d, fresh = _addmm(d, up[l - 1], s[l - 1].transpose(-1, -2)), True
+            if l < last and (l + 1) not in clamped:
+                if fresh:
+                    _addmm_(d, down[l], s[l + 1].transpose(-1, -2))
+                else:
+                    d, fresh = _addmm(d, down[l], s[l + 1].transpose(-1, -2)), True
+            if not fresh:
+                d = d.clone()
+            if beta != 0.0 and l == last:
+                d.sub_(cost.grad_state(s[l], target).transpose(-1, -2), alpha=beta)
+            act = self.activations[l]
+            if act.bounded:
+                d.clamp_(act.low, act.high)
+            s[l] = d.transpose(-1, -2)
         return s
 
     def energy_param_grads(self, states: Sequence[torch.Tensor]) -> dict[nn.Parameter, torch.Tensor]:
