@@ -45,7 +45,7 @@ class WorldModelBenchConfig:
         seed: Stream seed.
         skip_shift: Leave out the shift experiment.
         forget_on_shift: The gated models forget old replay on a detected shift (see ``WorldModelConfig``).
-        shift_patience: Consecutive surprising steps that make a shift.
+        shift_window: Steps of the shift detector's mean surprise (see ``WorldModelConfig``).
         threads: torch CPU threads (0: default).
     """
 
@@ -59,7 +59,7 @@ class WorldModelBenchConfig:
     seed: int = 0
     skip_shift: bool = False
     forget_on_shift: bool = True
-    shift_patience: int = 20
+    shift_window: int = 100
     threads: int = 0
 
 
@@ -136,7 +136,7 @@ def run_worldmodel_bench(cfg: WorldModelBenchConfig) -> dict:
     def model(learner: str, gate: bool) -> EPWorldModel:
         wcfg = WorldModelConfig(hidden=tuple(cfg.hidden), members=cfg.members, learner=learner, gate=gate,
                                 seed=cfg.seed, forget_on_shift=gate and cfg.forget_on_shift,
-                                shift_patience=cfg.shift_patience)  # fmt: skip
+                                shift_window=cfg.shift_window)  # fmt: skip
         return EPWorldModel(env.observation_space, env.action_space, wcfg)
 
     out: dict = {"env": cfg.env, "steps": cfg.steps}

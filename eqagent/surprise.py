@@ -6,8 +6,10 @@ its own history: ``z = (log e − μ) / σ`` with ``μ, σ`` exponential moving 
     g = clip((z − z_open) / (z_full − z_open), 0, 1)
 
 so it is 0 for errors at or below their usual level (nothing to learn: the update is skipped, saving compute and
-protecting what was learned), and rises to 1 for errors ``z_full`` standard deviations above it (a physics
-change). The statistics adapt slowly (``horizon`` steps), so the thresholds follow the model's accuracy as it
+protecting what was learned), and 1 for errors ``z_full`` standard deviations above it. The default ramp is
+narrow (0.1 to 0.11): a step that is learned from is learned at the full rate. Scaling the rate down on mildly
+surprising steps saves no compute and costs accuracy (``eqagent bench worldmodel``; figures in
+docs/benchmarks.md). The statistics adapt slowly (``horizon`` steps), so the thresholds follow the model's accuracy as it
 improves, while a lasting shift keeps the gate open long enough to re-learn. During ``warmup`` the gate is 1.
 
 Learning progress also keeps the gate open: while a fast moving average of log-error (``progress_fast`` steps)
@@ -39,8 +41,8 @@ class SurpriseGateConfig:
         progress_threshold: Fast-below-slow margin (nats) that counts as progress (``inf`` disables).
     """
 
-    z_open: float = 0.0
-    z_full: float = 0.3
+    z_open: float = 0.1
+    z_full: float = 0.11
     horizon: int = 500
     warmup: int = 500
     min_gate: float = 0.05

@@ -15,6 +15,7 @@ model.
 
 from __future__ import annotations
 
+from collections import deque
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -158,11 +159,13 @@ class WorldModelConfig:
         updates_per_step: EP updates per observed step (when the gate is open).
         gate: Use the surprise gate (else every step updates at full lr).
         gate_config: Surprise-gate settings.
-        forget_on_shift: When the surprise stays at or above ``shift_z`` for ``shift_patience`` steps in a row
-            (a lasting change of the env, not one odd frame), forget the replay older than that streak, so stale
-            transitions from the old physics stop pulling the model back.
-        shift_z: Surprise (z-score) that counts toward a shift.
-        shift_patience: Consecutive surprising steps that make a shift.
+        forget_on_shift: When the mean surprise over the last ``shift_window`` steps reaches ``shift_z`` (a
+            lasting change of the env, not a burst of odd frames), forget the replay older than that window, so
+            stale transitions from the old physics stop pulling the model back.
+        shift_z: Mean surprise (z-score) over the window that declares a shift.
+        shift_window: Steps the mean surprise is taken over.
+        shift_cooldown: Steps after a declared shift before another can be declared (while re-learning, the
+            surprise stays high; the new physics' replay must not be forgotten again).
         term_weight: Weight of the termination cross-entropy.
         seed: Random seed (initialisation and replay sampling).
     """
@@ -180,8 +183,9 @@ class WorldModelConfig:
     gate: bool = True
     gate_config: SurpriseGateConfig = field(default_factory=SurpriseGateConfig)
     forget_on_shift: bool = False
-    shift_z: float = 3.0
-    shift_patience: int = 20
+    shift_z: float = 2.0
+    shift_window: int = 100
+    shift_cooldown: int = 1000
     term_weight: float = 1.0
     seed: int = 0
 
@@ -194,6 +198,10 @@ class WorldModelConfig:
             raise ValueError("members and batch_size must be >= 1, updates_per_step >= 0")
         if not self.lr > 0 or not self.beta > 0:
             raise ValueError(f"lr and beta must be > 0, got {self.lr}, {self.beta}")
+        if self.shift_window < 1 or self.shift_cooldown < 0:
+            raise ValueError(
+                f"shift_window must be >= 1 and shift_cooldown >= 0, got {self.shift_window}, {self.shift_cooldown}"
+            )
 
 
 def _space_dims(observation_space, action_space) -> tuple[int, int, bool]:
@@ -248,7 +256,8 @@ class EPWorldModel(nn.Module):
         self.updates = 0
         self.observed = 0
         self.shifts = 0  # shifts detected (replay forgotten)
-        self._streak = 0
+        self._recent_surprise: deque[float] = deque(maxlen=cfg.shift_window)  # the shift detector's window
+        self._since_shift = cfg.shift_cooldown
 
     # ------------------------------------------------------------------ encoding
     def encode_action(self, action) -> torch.Tensor:
@@ -479,16 +488,30 @@ class EPWorldModel(nn.Module):
         )  # (surprise statistics)
         g = g if self.config.gate else 1.0
         if self.config.forget_on_shift:
-            self._streak = self._streak + 1 if self.gate.last_surprise >= self.config.shift_z else 0
-            if self._streak == self.config.shift_patience and self.gate.steps > self.gate.config.warmup:
-                self.replay.keep_last(self._streak)
-                self.shifts += 1
+            self._detect_shift()
         updated = False
         if not (self.config.gate and self.gate.skip(g)):
             for _ in range(self.config.updates_per_step):
                 self.update(lr_scale=g)
                 updated = True
         return {"error": error, "surprise": self.gate.last_surprise, "gate": g, "updated": updated}
+
+    def _detect_shift(self) -> None:
+        """Declares a shift when the window's mean surprise reaches ``shift_z`` (see :class:`WorldModelConfig`)."""
+        c, win = self.config, self._recent_surprise
+        self._since_shift += 1
+        if self.gate.steps <= self.gate.config.warmup:
+            return  # the surprise statistics are not trusted yet
+        win.append(self.gate.last_surprise)
+        if (
+            len(win) == c.shift_window
+            and self._since_shift >= c.shift_cooldown
+            and sum(win) / len(win) >= c.shift_z
+        ):
+            self.replay.keep_last(len(win))
+            self.shifts += 1
+            self._since_shift = 0
+            win.clear()
 
     def update(self, lr_scale: float = 1.0) -> float:
         """One learning step on the newest transition plus a bootstrapped replay minibatch per member."""
