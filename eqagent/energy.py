@@ -364,8 +364,15 @@ class EnergyNet(LayeredEnergy):
         return "torch"
 
     def relax_context(self, states: Sequence[torch.Tensor], clamped: set[int]) -> dict:
-        """Drive from the bias and the clamped neighbours: constant while relaxing, computed once."""
-        last = self.num_layers - 1
+        """The clamped set and the backend; the constant drives are built on first use (see :meth:`_const`)."""
+        return {"clamped": clamped, "backend": self._backend(states)}
+
+    def _const(self, states: Sequence[torch.Tensor], ctx: dict) -> dict[int, torch.Tensor]:
+        """Drive from the bias and the clamped neighbours, ``(…, B, n_l)``: constant while relaxing, built once."""
+        const = ctx.get("const")
+        if const is not None:
+            return const
+        clamped, last = ctx["clamped"], self.num_layers - 1
         const = {}
         for l in range(self.num_layers):
             if l in clamped:
@@ -376,11 +383,12 @@ class EnergyNet(LayeredEnergy):
             if l < last and (l + 1) in clamped:
                 c = c + self.rho(l + 1, states[l + 1]) @ self.weights[l].transpose(-1, -2)
             const[l] = c
-        return {"const": const, "clamped": clamped, "backend": self._backend(states)}
+        ctx["const"] = const
+        return const
 
     def _ctx_drive(self, s: Sequence[torch.Tensor], l: int, ctx: dict) -> torch.Tensor:
         """Drive of layer ``l``: ``const + ρ(s_{l−1}) W_{l−1} + ρ(s_{l+1}) W_lᵀ`` with fused multiply-adds."""
-        d, clamped, last = ctx["const"][l], ctx["clamped"], self.num_layers - 1
+        d, clamped, last = self._const(s, ctx)[l], ctx["clamped"], self.num_layers - 1
         fresh = False
         if l > 0 and (l - 1) not in clamped:
             d = _addmm(d, self.rho(l - 1, s[l - 1]), self.weights[l - 1])
@@ -411,7 +419,7 @@ class EnergyNet(LayeredEnergy):
                 act = self.activations[l]
                 nudge = beta != 0.0 and l == last
                 s[l] = fused_layer_update(
-                    ctx["const"][l],
+                    self._const(s, ctx)[l],
                     s[l - 1] if lo else None,  # ρ(s) = s on the box of the clipping activations
                     self.weights[l - 1] if lo else None,
                     s[l + 1] if hi else None,

@@ -58,9 +58,10 @@ class RelaxResult:
 def _check_finite(states: Sequence[torch.Tensor], free: Iterable[int], blowup: float, step: int) -> None:
     for l in free:
         s = states[l]
-        m = (
-            float(s.abs().max()) if s.numel() else 0.0
-        )  # NaN propagates through max: one reduction checks both
+        if not s.numel():
+            continue
+        lo, hi = torch.aminmax(s)  # one pass, no temporary; NaN propagates: one reduction checks both
+        m = max(-float(lo), float(hi))
         if not math.isfinite(m):
             raise RelaxationDiverged(f"relaxation diverged at step {step}: layer {l} has NaN/inf states")
         if m > blowup:
