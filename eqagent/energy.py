@@ -179,6 +179,10 @@ class LayeredEnergy(nn.Module):
     def relax_step(self, states, free, ctx, mode, beta, cost, target, eps) -> list[torch.Tensor]:
         raise NotImplementedError
 
+    def relax_run(self, states, free, ctx, mode, beta, cost, target, steps) -> list[torch.Tensor] | None:
+        """Optionally runs all ``steps`` steps at once (a fused kernel); ``None`` lets ``settle`` step."""
+        return None
+
     def energy_param_grad_diff(
         self, a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]
     ) -> dict[nn.Parameter, torch.Tensor]:
@@ -441,6 +445,38 @@ class EnergyNet(LayeredEnergy):
             grads[l] = g
         for l in free:
             s[l] = self.activations[l].project(s[l] - eps * grads[l])
+        return s
+
+    def relax_run(self, states, free, ctx, mode, beta, cost, target, steps) -> list[torch.Tensor] | None:
+        """All steps in one Triton launch (states kept on chip) when the net is small enough: the free layers are
+        a chain of 2–3 layers right after the clamped input (any layers above them clamped), each ≤ 128 wide,
+        fixed-point mode, free or MSE-nudged. Otherwise ``None`` (``settle`` steps one layer update at a time)."""
+        if mode != "fixed_point" or ctx["backend"] != "triton" or steps < 1:
+            return None
+        if beta != 0.0 and type(cost).__name__ != "MSECost":
+            return None
+        from eqagent.kernels import triton_relax
+
+        k = len(free)
+        if list(free) != list(range(1, k + 1)) or not triton_relax.persistent_supported(
+            [self.sizes[l] for l in free]
+        ):
+            return None
+        s = list(states)
+        const = self._const(s, ctx)
+        act = self.activations[1]
+        out = triton_relax.persistent_relax(
+            [const[l] for l in free],
+            [s[l] for l in free],
+            [self.weights[l] for l in free[:-1]],
+            act.low,
+            act.high,
+            steps,
+            target=target if beta != 0.0 else None,
+            beta=beta,
+        )
+        for l, v in zip(free, out):
+            s[l] = v
         return s
 
     def _transposed_context(self, s: Sequence[torch.Tensor], ctx: dict) -> dict:

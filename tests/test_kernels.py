@@ -96,3 +96,37 @@ def test_cuda_auto_dispatch_matches_torch():  # pragma: no cover - GPU only
     out = settle(net, net.feedforward(x), steps=20).states
     for a, b in zip(ref, out):
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize(
+    "sizes,members,batch,clamped,beta",
+    [((8, 64, 64, 7), 5, 33, (0,), 0.0), ((8, 64, 64, 7), 5, 33, (0,), 0.4), ((8, 64, 64, 7), None, 1, (0, 3), 0.0),
+     ((5, 17, 3), 2, 40, (0,), -0.3), ((5, 17, 3), None, 1, (0,), 0.0), ((6, 130, 4), None, 3, (0,), 0.0)],
+)  # fmt: skip
+def test_persistent_kernel_equals_torch(sizes, members, batch, clamped, beta, monkeypatch):
+    """All T steps in one launch (world-model sizes, odd sizes, batch 1, ensembles, free / nudged / output clamped)
+    equal the torch path; nets it cannot hold on chip fall back to the per-layer kernel."""
+    net = EnergyNet(list(sizes), members=members, generator=torch.Generator().manual_seed(3))
+    lead = (batch,) if members is None else (members, batch)
+    x = torch.rand(batch, sizes[0], generator=torch.Generator().manual_seed(4))
+    init = net.feedforward(x)
+    if 3 in clamped:
+        init[3] = torch.rand(*lead, sizes[3], generator=torch.Generator().manual_seed(5))
+    kw = {}
+    if beta:
+        kw = dict(
+            beta=beta,
+            cost=MSECost(),
+            target=torch.rand(*lead, sizes[-1], generator=torch.Generator().manual_seed(6)),
+        )
+    calls = []
+    real = triton_relax.persistent_relax
+    monkeypatch.setattr(triton_relax, "persistent_relax", lambda *a, **k: calls.append(1) or real(*a, **k))
+    out = {}
+    for backend in ("torch", "triton"):
+        net.relax_backend = backend
+        out[backend] = settle(net, init, clamped=clamped, steps=15, **kw).states
+    assert len(calls) == (0 if max(sizes) > triton_relax.PERSISTENT_MAX_WIDTH else 1)
+    for a, b in zip(out["torch"], out["triton"]):
+        assert a.shape == b.shape
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)

@@ -2,7 +2,8 @@
 
 Two sizes: (a) world model — batch 1024, ensemble 5, 8-64-64-7, T = 20; (b) MNIST — batch 256, 784-500-10,
 T = 20. Free phase, input clamped, fixed-point form, no convergence checks. Backends: torch eager (the engine's
-:func:`eqagent.relax.settle`), ``torch.compile`` of the same loop, and the Triton fused step when CUDA is present.
+:func:`eqagent.relax.settle`), ``torch.compile`` of the same loop, and Triton when CUDA is present (the engine's
+dispatch: the persistent all-steps kernel for (a), the fused per-layer step for (b)).
 FLOPs count the matmuls only: the clamped input's drive once, then every free-free coupling at every step.
 The roofline is the device's plain ``matmul`` throughput measured in the same run; ``cpu_ratio_to_matmul`` is the
 worse of (a) and (b) of eager time / (FLOPs / matmul throughput).
