@@ -85,7 +85,15 @@ class EPAgentConfig:
 
 PRESETS: dict[str, dict] = {
     "CartPole-v1": dict(horizon=20, candidates=128, iterations=3, elites=16, termination_penalty=20.0),
-    "Pendulum-v1": dict(horizon=15, candidates=256, iterations=4, elites=32, termination_penalty=0.0),
+    "Pendulum-v1": dict(
+        horizon=15,
+        candidates=256,
+        iterations=4,
+        elites=32,
+        termination_penalty=0.0,
+        updates_per_step=4,
+        learning_starts=50,
+    ),
     "Acrobot-v1": dict(horizon=20, candidates=128, termination_penalty=0.0, epistemic_weight=1.0),
     "MountainCarContinuous-v0": dict(
         horizon=25, candidates=256, termination_penalty=0.0, epistemic_weight=5.0
