@@ -136,9 +136,8 @@ def test_a_lasting_surprise_forgets_the_old_replay():
     assert wm.shifts == 0 and wm.replay.size == 600  # a stationary stream: nothing forgotten
     for o, a, no, r, term, _, _ in stream[600:]:
         wm.observe(o, a, no * 3.0 - 1.0, r, term)  # new "physics": every next frame far from the old law
-    assert (
-        wm.shifts == 1 and wm.replay.size <= 100 + 20
-    )  # the old-physics replay is gone (but the last window)
+    # one shift declared: the old-physics replay is gone, but for the detector's last window of 20
+    assert wm.shifts == 1 and wm.replay.size <= 100 + 20
 
 
 def test_state_dict_round_trip_keeps_normalisers_and_predictions():
