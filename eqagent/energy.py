@@ -372,7 +372,12 @@ class EnergyNet(LayeredEnergy):
         return {"clamped": clamped, "backend": self._backend(states)}
 
     def _const(self, states: Sequence[torch.Tensor], ctx: dict) -> dict[int, torch.Tensor]:
-        """Drive from the bias and the clamped neighbours, ``(…, B, n_l)``: constant while relaxing, built once."""
+        """Drive from the bias and the clamped neighbours: constant while relaxing, built once per relaxation.
+
+        Each is a ``(…, B, n_l)`` view of feature-major storage (the bias broadcast over the batch when no
+        neighbour is clamped), so the feature-major fixed-point step reads it contiguously and the other steps as
+        an ordinary batch-major tensor; nothing writes into it.
+        """
         const = ctx.get("const")
         if const is not None:
             return const
@@ -381,12 +386,13 @@ class EnergyNet(LayeredEnergy):
         for l in range(self.num_layers):
             if l in clamped:
                 continue
-            c = self.biases[l].unsqueeze(-2).expand_as(states[l]).clone()
+            c = self.biases[l].detach().unsqueeze(-1)  # (…, n_l, 1)
             if l > 0 and (l - 1) in clamped:
-                c = c + self.rho(l - 1, states[l - 1]) @ self.weights[l - 1]
+                w = self.weights[l - 1].detach().transpose(-1, -2)
+                c = _addmm(c, w, self.rho(l - 1, states[l - 1]).transpose(-1, -2))  # (…, n_l, B)
             if l < last and (l + 1) in clamped:
-                c = c + self.rho(l + 1, states[l + 1]) @ self.weights[l].transpose(-1, -2)
-            const[l] = c
+                c = _addmm(c, self.weights[l].detach(), self.rho(l + 1, states[l + 1]).transpose(-1, -2))
+            const[l] = c.transpose(-1, -2).expand_as(states[l])
         ctx["const"] = const
         return const
 
@@ -479,31 +485,18 @@ class EnergyNet(LayeredEnergy):
             s[l] = v
         return s
 
-    def _transposed_context(self, s: Sequence[torch.Tensor], ctx: dict) -> dict:
-        """Weights and constant drives for the feature-major fixed-point loop, built once per relaxation.
-
-        ``up[l]`` is ``W_lᵀ`` made contiguous (``(…, n_{l+1}, n_l)``, bottom-up), ``down[l]`` is ``W_l`` itself
-        (top-down); ``const[l]`` is the bias (a ``(…, n_l, 1)`` column) plus the drive of clamped neighbours,
-        ``(…, n_l, B)``.
-        """
-        t = ctx.get("transposed")
-        if t is not None:
-            return t
-        clamped, last = ctx["clamped"], self.num_layers - 1
-        down = [w.detach() for w in self.weights]
-        up = [w.transpose(-1, -2).contiguous() for w in down]
-        const = {}
-        for l in range(self.num_layers):
-            if l in clamped:
-                continue
-            c = self.biases[l].detach().unsqueeze(-1)  # (…, n_l, 1)
-            if l > 0 and (l - 1) in clamped:
-                c = _addmm(c, up[l - 1], self.rho(l - 1, s[l - 1]).transpose(-1, -2))
-            if l < last and (l + 1) in clamped:
-                c = _addmm(c, down[l], self.rho(l + 1, s[l + 1]).transpose(-1, -2))
-            const[l] = c
-        t = ctx["transposed"] = {"up": up, "down": down, "const": const}
-        return t
+    def _upward_weights(self, ctx: dict) -> dict[int, torch.Tensor]:
+        """``W_lᵀ`` made contiguous for every coupling between two free layers (the bottom-up product of the
+        feature-major step), built once per relaxation."""
+        up = ctx.get("up")
+        if up is None:
+            clamped = ctx["clamped"]
+            up = ctx["up"] = {
+                l: w.detach().transpose(-1, -2).contiguous()
+                for l, w in enumerate(self.weights)
+                if l not in clamped and (l + 1) not in clamped
+            }
+        return up
 
     def _fixed_point_step_t(self, s, free, ctx, beta, cost, target) -> list[torch.Tensor]:
         """One fixed-point step computed feature-major: ``s_lᵀ ← Π(c_l + W_{l−1}ᵀ s_{l−1}ᵀ + W_l s_{l+1}ᵀ)``.
@@ -513,18 +506,18 @@ class EnergyNet(LayeredEnergy):
         in place of the fresh products (a free neighbour is in its box, where ``ρ(s) = s``). The returned states
         are ``(…, B, n_l)`` views of feature-major storage.
         """
-        t = self._transposed_context(s, ctx)
-        up, down, const, clamped = t["up"], t["down"], t["const"], ctx["clamped"]
+        up, const, clamped = self._upward_weights(ctx), self._const(s, ctx), ctx["clamped"]
         last = self.num_layers - 1
         for l in [l for l in free if l % 2 == 1] + [l for l in free if l % 2 == 0]:
-            d, fresh = const[l], False
+            d, fresh = const[l].transpose(-1, -2), False  # (…, n_l, B)
             if l > 0 and (l - 1) not in clamped:
                 d, fresh = _addmm(d, up[l - 1], s[l - 1].transpose(-1, -2)), True
             if l < last and (l + 1) not in clamped:
+                down = self.weights[l].detach()
                 if fresh:
-                    _addmm_(d, down[l], s[l + 1].transpose(-1, -2))
+                    _addmm_(d, down, s[l + 1].transpose(-1, -2))
                 else:
-                    d, fresh = _addmm(d, down[l], s[l + 1].transpose(-1, -2)), True
+                    d, fresh = _addmm(d, down, s[l + 1].transpose(-1, -2)), True
             if not fresh:
                 d = d.clone()
             if beta != 0.0 and l == last:

@@ -61,15 +61,19 @@ def test_box_planner_and_preference():
     assert planner.plan(np.array([0.5])).action[0] > 0.3
 
 
-def test_termination_risk_and_epistemic_terms():
-    cfg = PlannerConfig(discount=1.0, termination_penalty=2.0, epistemic_weight=0.5)
-    m, n, h = 2, 3, 4
-    im = {
+def _imagined(m: int, n: int, h: int, reward: float = 0.0) -> dict[str, torch.Tensor]:
+    """An ``imagine``-shaped rollout of M members × N candidates × H steps (1-D observations)."""
+    return {
         "obs": torch.zeros(m, n, h + 1, 1),
-        "reward": torch.ones(m, n, h),
+        "reward": torch.full((m, n, h), reward),
         "term_prob": torch.zeros(m, n, h),
         "disagreement": torch.zeros(n, h),
     }
+
+
+def test_termination_risk_and_epistemic_terms():
+    cfg = PlannerConfig(discount=1.0, termination_penalty=2.0, epistemic_weight=0.5)
+    im = _imagined(2, 3, 4, reward=1.0)
     im["term_prob"][:, 1, 0] = 1.0  # candidate 1 dies at once
     im["disagreement"][2] = 1.0  # candidate 2 is uncertain: epistemic bonus
     g = expected_free_energy(im, cfg)
@@ -100,13 +104,8 @@ def test_bad_config():
 
 
 def test_terminal_value_counts_past_the_horizon_weighted_by_survival():
-    m, n, h = 2, 3, 4
-    imagined = {
-        "obs": torch.zeros(m, n, h + 1, 1),
-        "reward": torch.zeros(m, n, h),
-        "term_prob": torch.zeros(m, n, h),
-        "disagreement": torch.zeros(n, h),
-    }
+    h = 4
+    imagined = _imagined(2, 3, h)
     imagined["obs"][:, 1, h] = 1.0  # candidate 1 ends in a state worth 5 more
     imagined["term_prob"][:, 2, 0] = 1.0  # candidate 2 dies at once: its end state counts for nothing
     cfg = PlannerConfig(horizon=h, discount=0.9, termination_penalty=0.0)
