@@ -6,9 +6,16 @@ newest image plus recent ones, its learning rate set by the same :class:`~eqagen
 world model's (prediction error = the free-phase cost of the newest image).
 
 Against catastrophic forgetting in class-incremental streams, :meth:`OnlineEPClassifier.start_task` freezes a
-copy of the net and lets it dream images of every class seen so far (clamp the label, relax, read the image);
-those dreams, labelled, are replayed next to the new task's images in every update (generative replay with the
-net's own dreams).
+copy of the net and lets it dream images of every class seen so far; those dreams, labelled, are replayed next to
+the new task's images in every update (generative replay with the net's own dreams). Two ways to dream
+(``OnlineConfig.dreams``):
+
+* ``"codes"`` (default): the net also learns to reconstruct images from its first hidden layer
+  (``DreamerConfig.recon_weight``); at each task start a :class:`~eqagent.dreaming.CodeBank` is fitted to the
+  hidden codes of the finished task's images (per class: mean and leading principal directions), the old classes'
+  Gaussians are refitted to the codes of their previous dreams under the current net, and the dreams are the
+  images relaxed from codes sampled per class (hidden layer clamped, image free). Varied dreams, no stored images.
+* ``"label"``: the label clamped, image and hidden free, relaxed from a noisy top-down start (class prototypes).
 
 ``eqagent bench replay``: split-MNIST (5 tasks of 2 classes) learned online through the env, with and without
 dream replay, same net and stream.
@@ -26,7 +33,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from eqagent.dreaming import DreamerConfig, DreamerNet
+from eqagent.dreaming import CodeBank, DreamerConfig, DreamerNet
 from eqagent.surprise import SurpriseGate, SurpriseGateConfig
 
 __all__ = ["OnlineConfig", "OnlineEPClassifier", "ReplayBenchConfig", "run_replay_bench"]
@@ -49,7 +56,11 @@ class OnlineConfig:
         replay_per_class: Dreams per old class in every update (once old classes exist): old classes are replayed
             as often as each new class is seen (``batch_size`` real images cover the current task's classes).
         dreams_per_class: Dreams generated per old class at each task start.
-        dream_noise: Noise on the dreams' starting states (variety).
+        dreams: How to dream: ``"codes"`` (decode codes sampled from per-class Gaussians over the hidden layer)
+            or ``"label"`` (clamp the label, relax from a noisy start); see the module docstring.
+        recon_weight: Weight of the image-reconstruction EP step (``"codes"`` needs it > 0).
+        code_rank: Principal directions per class of the code Gaussians.
+        dream_noise: Noise on the label dreams' starting states (variety).
         seed: Seed.
     """
 
@@ -64,8 +75,17 @@ class OnlineConfig:
     gate: bool = True
     replay_per_class: int = 16
     dreams_per_class: int = 500
+    dreams: str = "codes"
+    recon_weight: float = 1.0
+    code_rank: int = 20
     dream_noise: float = 0.3
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.dreams not in ("codes", "label"):
+            raise ValueError(f"dreams must be 'codes' or 'label', got {self.dreams!r}")
+        if self.dreams == "codes" and not self.recon_weight > 0:
+            raise ValueError("dreams='codes' needs recon_weight > 0 (the codes are decoded by that pathway)")
 
 
 class OnlineEPClassifier:
@@ -82,7 +102,8 @@ class OnlineEPClassifier:
         torch.manual_seed(c.seed)
         self.model = DreamerNet(num_pixels, num_classes,
                                 DreamerConfig(hidden=(c.hidden,), label_copies=c.label_copies, free_steps=c.free_steps,
-                                              nudged_steps=c.nudged_steps, seed=c.seed))  # fmt: skip
+                                              nudged_steps=c.nudged_steps, recon_weight=c.recon_weight,
+                                              seed=c.seed))  # fmt: skip
         self.num_classes = num_classes
         self.optimizer = torch.optim.Adam(self.model.net.trainable_parameters(), lr=c.lr)
         self.gate = SurpriseGate(SurpriseGateConfig(warmup=200))
@@ -90,6 +111,7 @@ class OnlineEPClassifier:
         self.rng = np.random.default_rng(c.seed)
         self.seen: set[int] = set()
         self.dreams: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.bank = CodeBank(c.code_rank)
         self.steps = self.updates = 0
         self._last: tuple[np.ndarray, torch.Tensor] | None = None
 
@@ -103,15 +125,29 @@ class OnlineEPClassifier:
 
     def start_task(self, replay: bool) -> None:
         """Called when a new task begins: with ``replay``, a frozen copy dreams every class seen so far."""
+        c = self.config
+        recent = list(self.recent)
         self.recent.clear()
         if not replay or not self.seen:
             return
-        c = self.config
         frozen = copy.deepcopy(self.model)
         labels = torch.tensor(sorted(self.seen)).repeat_interleave(c.dreams_per_class)
         gen = torch.Generator().manual_seed(c.seed + len(self.seen))
-        imgs = torch.cat([frozen.dream(labels[i : i + 500], noise=c.dream_noise, generator=gen)
-                          for i in range(0, len(labels), 500)])  # fmt: skip
+        if c.dreams == "codes":
+            # old classes: refit to their last dreams' codes under the current net
+            if self.dreams is not None:
+                self.bank.fit(torch.cat([frozen.codes(x) for x in self.dreams[0].split(500)]), self.dreams[1])
+            # the finished task's classes: fitted to its real images' codes
+            if recent:
+                x = torch.from_numpy(np.stack([r[0] for r in recent]))
+                self.bank.fit(
+                    torch.cat([frozen.codes(b) for b in x.split(500)]), torch.tensor([r[1] for r in recent])
+                )
+            imgs = torch.cat([frozen.decode(self.bank.sample(lb, generator=gen)) for lb in labels.split(500)])
+        else:
+            imgs = torch.cat(
+                [frozen.dream(lb, noise=c.dream_noise, generator=gen) for lb in labels.split(500)]
+            )
         self.dreams = (imgs, labels)
 
     def observe(self, obs: np.ndarray, label: int) -> dict:
@@ -154,6 +190,7 @@ class ReplayBenchConfig:
         data_dir: MNIST directory (empty: default lookup).
         download: Download missing MNIST files.
         threads: torch CPU threads (0: default).
+        dreams: How the replay run dreams (``OnlineConfig.dreams``: ``"codes"`` or ``"label"``).
         seed: Seed.
     """
 
@@ -162,6 +199,7 @@ class ReplayBenchConfig:
     data_dir: str = ""
     download: bool = False
     threads: int = 0
+    dreams: str = "codes"
     seed: int = 0
 
 
@@ -214,7 +252,9 @@ def run_replay_bench(
     yt = torch.from_numpy(np.asarray(te_y))
     out: dict = {}
     for name, replay in (("replay", True), ("no_replay", False)):
-        agent = OnlineEPClassifier(xt.shape[1], num_classes, learner or OnlineConfig(seed=cfg.seed))
+        agent = OnlineEPClassifier(
+            xt.shape[1], num_classes, learner or OnlineConfig(seed=cfg.seed, dreams=cfg.dreams)
+        )
         log = _stream(cfg, agent, replay, dict(images=tr_x, labels=tr_y, num_classes=num_classes))
         pred = agent.model.predict(xt)
         out[f"{name}_accuracy"] = float((pred == yt).float().mean())

@@ -11,6 +11,13 @@ Because the energy is symmetric in its layers, the dream direction is the same n
 generative EP step runs through the same engine (``ep_gradients``) and its gradients land on the shared weights.
 :meth:`DreamerNet.dream` is the same relaxation as classification (:func:`eqagent.relax.settle`) with a different
 clamp: label clamped, image free, started from a random image (different starts give different dreams).
+
+A label alone settles to one equilibrium image (the class prototype). For varied dreams the net can also dream from a
+*hidden code*: with ``recon_weight > 0`` a third EP step trains the image layer to reconstruct the image from the
+first hidden layer's perception equilibrium (hidden clamped, image free and nudged toward the image: the image's
+only neighbour is that layer, so this is the same energy with another clamp); :class:`CodeBank` keeps a
+class-conditional Gaussian over those codes (mean and a few principal directions per class), and
+:meth:`DreamerNet.decode` relaxes the image with a sampled code clamped.
 """
 
 from __future__ import annotations
@@ -27,7 +34,15 @@ from eqagent.energy import EnergyNet
 from eqagent.ep import EPConfig, ep_gradients, free_phase
 from eqagent.relax import settle
 
-__all__ = ["DreamRunConfig", "DreamerConfig", "DreamerNet", "dream_grid", "run_dream", "train_judge"]
+__all__ = [
+    "CodeBank",
+    "DreamRunConfig",
+    "DreamerConfig",
+    "DreamerNet",
+    "dream_grid",
+    "run_dream",
+    "train_judge",
+]
 
 
 @dataclass
@@ -43,6 +58,8 @@ class DreamerConfig:
         dream_steps: Relaxation steps of :meth:`DreamerNet.dream`.
         label_copies: Units per label in the label layer (a population code: a clamped label then drives the
             hidden layer ``label_copies`` times as strongly; the class score is the copies' mean).
+        recon_weight: Weight of the reconstruction EP gradient (first hidden layer clamped at its perception
+            equilibrium, image free, nudged toward the image); 0 skips it. Needed by :meth:`DreamerNet.decode`.
         seed: Initialisation seed.
     """
 
@@ -53,6 +70,7 @@ class DreamerConfig:
     dream_weight: float = 1.0
     dream_steps: int = 40
     label_copies: int = 1
+    recon_weight: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -62,6 +80,8 @@ class DreamerConfig:
             raise ValueError(f"label_copies must be >= 1, got {self.label_copies}")
         if not self.beta > 0 or self.dream_weight < 0 or self.free_steps < 1 or self.dream_steps < 1:
             raise ValueError("beta must be > 0, dream_weight >= 0, free_steps and dream_steps >= 1")
+        if not self.recon_weight >= 0:
+            raise ValueError(f"recon_weight must be >= 0, got {self.recon_weight}")
 
 
 def _mirror(net: EnergyNet) -> EnergyNet:
@@ -74,6 +94,75 @@ def _mirror(net: EnergyNet) -> EnergyNet:
     rev.biases = nn.ParameterList([nn.Parameter(b.data) for b in reversed(net.biases)])
     rev.activations = net.activations[::-1]
     return rev
+
+
+def _decoder(net: EnergyNet) -> EnergyNet:
+    """The image layer and its only neighbour (first hidden layer) of ``net`` as a 2-layer net ``hidden → image``
+    whose parameters are views of ``net``'s (the hidden layer is its clamped input)."""
+    dec = EnergyNet(
+        [net.sizes[1], net.sizes[0]],
+        activation=net.activations[0],
+        input_activation=net.activations[1],
+        input_bias=True,
+    )
+    dec.weights = nn.ParameterList([nn.Parameter(net.weights[0].data.transpose(-1, -2))])
+    dec.biases = nn.ParameterList([nn.Parameter(net.biases[1].data), nn.Parameter(net.biases[0].data)])
+    dec.activations = [net.activations[1], net.activations[0]]
+    return dec
+
+
+class CodeBank:
+    """A class-conditional Gaussian over hidden codes: the latent prior that :meth:`DreamerNet.decode` dreams from.
+
+    Per class it keeps the mean code and its ``rank`` leading principal directions with their standard deviations
+    (``(rank + 1) · hidden + rank`` floats a class, no images); :meth:`sample` draws
+    ``mean + Σ_k z_k σ_k v_k`` with ``z ~ N(0, 1)``, clipped to ``[low, high]`` (the hidden units' box).
+
+    Args:
+        rank: Principal directions kept per class.
+        low, high: Box of the hidden units.
+    """
+
+    def __init__(self, rank: int = 20, low: float = 0.0, high: float = 1.0) -> None:
+        if rank < 0:
+            raise ValueError(f"rank must be >= 0, got {rank}")
+        self.rank, self.low, self.high = int(rank), float(low), float(high)
+        self._stats: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+
+    @property
+    def classes(self) -> list[int]:
+        return sorted(self._stats)
+
+    def fit(self, codes: torch.Tensor, labels: torch.Tensor) -> None:
+        """(Re)fits the classes present in ``labels`` to their ``codes`` ``(B, hidden)``; other classes are kept."""
+        codes = torch.as_tensor(codes, dtype=torch.float32)
+        labels = torch.as_tensor(labels).long().reshape(-1)
+        if codes.dim() != 2 or len(codes) != len(labels):
+            raise ValueError(f"codes must be (B, hidden) with one label each, got {tuple(codes.shape)} and "
+                             f"{len(labels)} labels")  # fmt: skip
+        if not torch.isfinite(codes).all():
+            raise ValueError("codes contain NaN or inf")
+        for c in torch.unique(labels).tolist():
+            h = codes[labels == c]  # (n, hidden)
+            mean = h.mean(0)
+            _, sv, vt = torch.linalg.svd(h - mean, full_matrices=False)
+            k = min(self.rank, len(sv))
+            self._stats[int(c)] = (mean, vt[:k], sv[:k] / max(1, len(h) - 1) ** 0.5)
+
+    def sample(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Codes ``(B, hidden)`` drawn from the classes' Gaussians."""
+        labels = torch.as_tensor(labels).long().reshape(-1)
+        missing = sorted(set(labels.tolist()) - set(self._stats))
+        if missing:
+            raise ValueError(f"no codes fitted for classes {missing}")
+        hidden = next(iter(self._stats.values()))[0].shape[0]
+        out = torch.empty(len(labels), hidden)
+        for c in torch.unique(labels).tolist():
+            mean, dirs, sd = self._stats[c]
+            rows = (labels == c).nonzero().flatten()
+            z = torch.randn(len(rows), len(sd), generator=generator)
+            out[rows] = mean + (z * sd) @ dirs
+        return out.clamp(self.low, self.high)
 
 
 class DreamerNet(nn.Module):
@@ -98,6 +187,7 @@ class DreamerNet(nn.Module):
             generator=gen,
         )
         self._rev = [_mirror(self.net)]  # not a submodule: its parameters are views of self.net's
+        self._dec = [_decoder(self.net)]  # hidden → image, views as well
         self.cost = MSECost()
         self.ep = EPConfig(
             beta=cfg.beta, symmetric=True, free_steps=cfg.free_steps, nudged_steps=cfg.nudged_steps
@@ -135,6 +225,14 @@ class DreamerNet(nn.Module):
                 g = g.transpose(-1, -2) if is_weight else g
                 grads[q] = grads.get(q, 0) + self.config.dream_weight * g
             losses["dream"] = gen.loss
+        if self.config.recon_weight > 0:
+            dec = self._dec[0]
+            rec = ep_gradients(dec, self.cost, cls.free.states[1], x, self.ep)
+            w, b = self.net.weights[0], self.net.biases[0]
+            k = self.config.recon_weight
+            grads[w] = grads.get(w, 0) + k * rec.grads[dec.weights[0]].transpose(-1, -2)
+            grads[b] = grads.get(b, 0) + k * rec.grads[dec.biases[1]]
+            losses["recon"] = rec.loss
         return grads, losses
 
     def train_batch(self, x: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -160,6 +258,22 @@ class DreamerNet(nn.Module):
         return torch.cat(
             [self.logits(x[i : i + batch_size]).argmax(-1) for i in range(0, len(x), batch_size)]
         )
+
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """First-hidden-layer states at the perception equilibrium (image clamped), ``(B, hidden)``."""
+        return free_phase(self.net, self._check_images(x), self.ep).states[1]
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, in_dim)`` dreamt from hidden codes: first hidden layer clamped to ``codes``, image relaxed.
+
+        The image's only neighbour is the clamped layer, so one fixed-point step reaches its equilibrium; the
+        pathway is trained by ``recon_weight``.
+        """
+        codes = self._dec[0].check_layer(0, torch.as_tensor(codes, dtype=torch.float32), "codes")
+        start = torch.full((len(codes), self.in_dim), 0.5)
+        return settle(self._dec[0], [codes, start], clamped=(0,), steps=1).states[1]
 
     @torch.no_grad()
     def dream(

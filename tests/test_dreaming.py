@@ -1,7 +1,17 @@
+import numpy as np
+import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from eqagent.dreaming import DreamerConfig, DreamerNet, DreamRunConfig, dream_grid, run_dream, train_judge
+from eqagent.dreaming import (
+    CodeBank,
+    DreamerConfig,
+    DreamerNet,
+    DreamRunConfig,
+    dream_grid,
+    run_dream,
+    train_judge,
+)
 from eqagent.ep import ep_gradients
 from tests.conftest import synthetic_digits
 
@@ -67,3 +77,66 @@ def test_run_dream_end_to_end(tmp_path):
     acc = EventAccumulator(out["run_dir"])
     acc.Reload()
     assert "dream/grid" in acc.Tags()["images"] and "dream/accuracy" in acc.Tags()["scalars"]
+
+
+def test_code_bank_samples_follow_each_class_gaussian():
+    gen = torch.Generator().manual_seed(0)
+    a = 0.3 + 0.05 * torch.randn(400, 6, generator=gen)
+    b = 0.7 + 0.1 * torch.randn(400, 6, generator=gen)
+    codes, labels = torch.cat([a, b]).clamp(0, 1), torch.tensor([0] * 400 + [3] * 400)
+    bank = CodeBank(rank=6)
+    bank.fit(codes, labels)
+    assert bank.classes == [0, 3]
+    s = bank.sample(torch.tensor([3] * 2000 + [0] * 2000), generator=gen)
+    assert s.shape == (4000, 6) and s.min() >= 0 and s.max() <= 1
+    assert torch.allclose(s[:2000].mean(0), codes[400:].mean(0), atol=0.02)
+    assert torch.allclose(s[2000:].std(0), codes[:400].std(0), rtol=0.15)
+    mean_only = CodeBank(rank=0)
+    mean_only.fit(codes, labels)
+    assert torch.allclose(mean_only.sample(torch.tensor([0, 0])), codes[:400].mean(0).expand(2, 6))
+    with pytest.raises(ValueError, match="no codes fitted for classes \\[1\\]"):
+        bank.sample(torch.tensor([1]))
+    with pytest.raises(ValueError, match="NaN"):
+        bank.fit(torch.full((2, 6), float("nan")), torch.tensor([0, 0]))
+
+
+def test_reconstruction_gradient_is_the_decoders_autograd_gradient():
+    cfg = DreamerConfig(hidden=(16,), dream_weight=0.0, beta=0.01, free_steps=30, nudged_steps=30, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    x = torch.rand(8, 12, generator=gen)
+    labels = torch.arange(8) % 3
+    plain = DreamerNet(12, 3, cfg)
+    both = DreamerNet(12, 3, DreamerConfig(**{**cfg.__dict__, "recon_weight": 1.0}))
+    both.load_state_dict(plain.state_dict())
+    g_plain, _ = plain.gradients(x, labels)
+    g_both, losses = both.gradients(x, labels)
+    w, b = both.net.weights[0], both.net.biases[0]
+    rec_w = g_both[w] - g_plain.get(plain.net.weights[0], 0)
+    rec_b = g_both[b] - g_plain.get(plain.net.biases[0], 0)
+    # autograd: the decoder's output is clip(W h + b) at the clamped perception code h
+    h = both.codes(x)
+    wt, bt = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    out = (h @ wt.T + bt).clamp(0, 1)
+    both.cost.value(out, x).mean().backward()
+    assert losses["recon"] > 0
+    for ep, ag in ((rec_w, wt.grad), (rec_b, bt.grad)):
+        cos = torch.nn.functional.cosine_similarity(ep.flatten(), ag.flatten(), dim=0)
+        assert cos > 0.999 and torch.allclose(ep, ag, atol=1e-3, rtol=0.02)
+
+
+def test_decode_reconstructs_images_after_training_the_reconstruction():
+    images, labels = synthetic_digits(300, num_classes=4, side=8, seed=0)
+    x = torch.from_numpy(images.reshape(300, -1).astype(np.float32) / 255.0)
+    y = torch.from_numpy(labels)
+    net = DreamerNet(
+        64, 4, DreamerConfig(hidden=(32,), recon_weight=1.0, free_steps=10, nudged_steps=4, seed=0)
+    )
+    before = float(((net.decode(net.codes(x)) - x) ** 2).mean())
+    opt = torch.optim.Adam(net.net.trainable_parameters(), lr=3e-3)
+    for _ in range(3):
+        for i in range(0, 300, 20):
+            net.train_batch(x[i : i + 20], y[i : i + 20], opt)
+    after = float(((net.decode(net.codes(x)) - x) ** 2).mean())
+    assert after < 0.5 * before
+    with pytest.raises(ValueError, match="codes"):
+        net.decode(torch.zeros(2, 31))
