@@ -84,8 +84,8 @@ class EPAgentConfig:
 
 
 PRESETS: dict[str, dict] = {
-    # 2 CEM iterations (warm-started): ~14 ms per action on 2 CPU cores (3 iterations: ~20 ms), same sample
-    # efficiency to the first 475 (docs/benchmarks.md, issue 5)
+    # 2 CEM iterations (warm-started): ~14 ms per action on 2 CPU cores (3 iterations: ~20 ms); same median steps
+    # to the first eval >= 475, but less steady before 3,000 steps (docs/benchmarks.md, issues 5 and 6)
     "CartPole-v1": dict(horizon=20, candidates=128, iterations=2, elites=16, termination_penalty=20.0),
     "Pendulum-v1": dict(
         horizon=15,
