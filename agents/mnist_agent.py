@@ -12,8 +12,8 @@ the new task's images in every update (generative replay with the net's own drea
 
 * ``"codes"`` (default): the net also learns to reconstruct images from its first hidden layer
   (``DreamerConfig.recon_weight``); at each task start a :class:`~eqagent.dreaming.CodeBank` is fitted to the
-  hidden codes of the finished task's images (per class: mean and leading principal directions), the old classes'
-  Gaussians are refitted to the codes of their previous dreams under the current net, and the dreams are the
+  hidden codes of the finished task's images (per class: a mixture of Gaussians, each a k-means cluster's mean and
+  leading principal directions), the old classes' mixtures are refitted to the codes of their previous dreams under the current net, and the dreams are the
   images relaxed from codes sampled per class (hidden layer clamped, image free). Varied dreams, no stored images.
 * ``"label"``: the label clamped, image and hidden free, relaxed from a noisy top-down start (class prototypes).
 
@@ -56,13 +56,14 @@ class OnlineConfig:
         replay_per_class: Dreams per old class in every update (once old classes exist): old classes are replayed
             as often as each new class is seen (``batch_size`` real images cover the current task's classes).
         dreams_per_class: Dreams generated per old class at each task start.
-        dreams: How to dream: ``"codes"`` (decode codes sampled from per-class Gaussians over the hidden layer)
+        dreams: How to dream: ``"codes"`` (decode codes sampled from per-class Gaussian mixtures over the hidden layer)
             or ``"label"`` (clamp the label, relax from a noisy start); see the module docstring.
         recon_weight: Weight of the image-reconstruction EP step (``"codes"`` needs it > 0).
         dream_weight: Weight of the label-clamped (dream-direction) EP step; ``None``: 1 for ``"label"`` dreams
             (which need it), 0 for ``"codes"`` (they do not use that pathway, and training it costs accuracy:
             65.4% vs 61.8% in ``eqagent bench replay``, see docs/benchmarks.md).
-        code_rank: Principal directions per class of the code Gaussians.
+        code_rank: Principal directions per cluster of the code mixtures.
+        code_components: Clusters (Gaussians) per class of the code mixtures (:class:`~eqagent.dreaming.CodeBank`).
         dream_noise: Noise on the label dreams' starting states (variety).
         seed: Seed.
     """
@@ -81,7 +82,8 @@ class OnlineConfig:
     dreams: str = "codes"
     recon_weight: float = 2.0
     dream_weight: float | None = None
-    code_rank: int = 20
+    code_rank: int = 5
+    code_components: int = 20
     dream_noise: float = 0.3
     seed: int = 0
 
@@ -90,6 +92,9 @@ class OnlineConfig:
             raise ValueError(f"dreams must be 'codes' or 'label', got {self.dreams!r}")
         if self.dreams == "codes" and not self.recon_weight > 0:
             raise ValueError("dreams='codes' needs recon_weight > 0 (the codes are decoded by that pathway)")
+        if self.code_rank < 0 or self.code_components < 1:
+            raise ValueError(f"code_rank must be >= 0 and code_components >= 1, got {self.code_rank} and "
+                             f"{self.code_components}")  # fmt: skip
         if self.dream_weight is None:
             self.dream_weight = 1.0 if self.dreams == "label" else 0.0
         if self.dreams == "label" and not self.dream_weight > 0:
@@ -120,7 +125,7 @@ class OnlineEPClassifier:
         self.rng = np.random.default_rng(c.seed)
         self.seen: set[int] = set()
         self.dreams: tuple[torch.Tensor, torch.Tensor] | None = None
-        self.bank = CodeBank(c.code_rank)
+        self.bank = CodeBank(c.code_rank, components=c.code_components, seed=c.seed)
         self.steps = self.updates = 0
         self._last: tuple[np.ndarray, torch.Tensor] | None = None
 
@@ -203,6 +208,7 @@ class ReplayBenchConfig:
         recon_weight: ``OnlineConfig.recon_weight``.
         dream_weight: ``OnlineConfig.dream_weight`` (negative: its default for ``dreams``).
         code_rank: ``OnlineConfig.code_rank``.
+        code_components: ``OnlineConfig.code_components``.
         replay_per_class: ``OnlineConfig.replay_per_class``.
         seed: Seed.
     """
@@ -215,7 +221,8 @@ class ReplayBenchConfig:
     dreams: str = "codes"
     recon_weight: float = 2.0
     dream_weight: float = -1.0
-    code_rank: int = 20
+    code_rank: int = 5
+    code_components: int = 20
     replay_per_class: int = 16
     seed: int = 0
 
@@ -226,6 +233,7 @@ class ReplayBenchConfig:
             recon_weight=self.recon_weight,
             dream_weight=None if self.dream_weight < 0 else self.dream_weight,
             code_rank=self.code_rank,
+            code_components=self.code_components,
             replay_per_class=self.replay_per_class,
             seed=self.seed,
         )

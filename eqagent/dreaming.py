@@ -16,7 +16,8 @@ A label alone settles to one equilibrium image (the class prototype). For varied
 *hidden code*: with ``recon_weight > 0`` a third EP step trains the image layer to reconstruct the image from the
 first hidden layer's perception equilibrium (hidden clamped, image free and nudged toward the image: the image's
 only neighbour is that layer, so this is the same energy with another clamp); :class:`CodeBank` keeps a
-class-conditional Gaussian over those codes (mean and a few principal directions per class), and
+class-conditional mixture of Gaussians over those codes (per class, k-means clusters, each with its mean and a few
+principal directions), and
 :meth:`DreamerNet.decode` relaxes the image with a sampled code clamped.
 """
 
@@ -112,26 +113,65 @@ def _decoder(net: EnergyNet) -> EnergyNet:
 
 
 class CodeBank:
-    """A class-conditional Gaussian over hidden codes: the latent prior that :meth:`DreamerNet.decode` dreams from.
+    """A class-conditional mixture of Gaussians over hidden codes: the latent prior that :meth:`DreamerNet.decode`
+    dreams from.
 
-    Per class it keeps the mean code and its ``rank`` leading principal directions with their standard deviations
-    (``(rank + 1) · hidden + rank`` floats a class, no images); :meth:`sample` draws
-    ``mean + Σ_k z_k σ_k v_k`` with ``z ~ N(0, 1)``, clipped to ``[low, high]`` (the hidden units' box).
+    Per class, :meth:`fit` splits the codes into ``components`` clusters (k-means, Lloyd iterations from distinct
+    codes drawn with the bank's seed) and keeps, per cluster, its weight (share of the class's codes), mean and
+    ``rank`` leading principal directions with their standard deviations: ``components · ((rank + 1) · hidden +
+    rank + 1)`` floats a class, no codes or images. :meth:`sample` picks a cluster by weight and draws
+    ``mean + Σ_k z_k σ_k v_k`` with ``z ~ N(0, 1)``, clipped to ``[low, high]`` (the hidden units' box). With
+    ``components=1`` this is one Gaussian per class.
 
     Args:
-        rank: Principal directions kept per class.
+        rank: Principal directions kept per cluster.
+        components: Clusters per class (fewer when a class has fewer codes).
         low, high: Box of the hidden units.
+        seed: Seed of the k-means initialisation.
+        kmeans_iters: Lloyd iterations.
     """
 
-    def __init__(self, rank: int = 20, low: float = 0.0, high: float = 1.0) -> None:
+    def __init__(
+        self,
+        rank: int = 20,
+        components: int = 1,
+        low: float = 0.0,
+        high: float = 1.0,
+        seed: int = 0,
+        kmeans_iters: int = 15,
+    ) -> None:
         if rank < 0:
             raise ValueError(f"rank must be >= 0, got {rank}")
-        self.rank, self.low, self.high = int(rank), float(low), float(high)
-        self._stats: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
+        if components < 1:
+            raise ValueError(f"components must be >= 1, got {components}")
+        if kmeans_iters < 0:
+            raise ValueError(f"kmeans_iters must be >= 0, got {kmeans_iters}")
+        self.rank, self.components, self.low, self.high = int(rank), int(components), float(low), float(high)
+        self.kmeans_iters = int(kmeans_iters)
+        self._gen = torch.Generator().manual_seed(int(seed))
+        # per class: weights (K,), means (K, H), directions (K, R, H), standard deviations (K, R)
+        self._stats: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
     @property
     def classes(self) -> list[int]:
         return sorted(self._stats)
+
+    def _clusters(self, h: torch.Tensor) -> torch.Tensor:
+        """k-means assignment ``(n,)`` of the codes ``h`` ``(n, H)`` to at most ``components`` clusters."""
+        k = min(self.components, len(h))
+        if k == 1:
+            return torch.zeros(len(h), dtype=torch.long)
+        centres = h[torch.randperm(len(h), generator=self._gen)[:k]].clone()  # (K, H)
+        assign = torch.cdist(h, centres).argmin(1)
+        for _ in range(self.kmeans_iters):
+            counts = torch.bincount(assign, minlength=k).unsqueeze(1)  # (K, 1)
+            sums = torch.zeros_like(centres).index_add_(0, assign, h)
+            centres = torch.where(counts > 0, sums / counts.clamp_min(1), centres)  # empty clusters stay put
+            new = torch.cdist(h, centres).argmin(1)
+            if torch.equal(new, assign):
+                break
+            assign = new
+        return assign
 
     def fit(self, codes: torch.Tensor, labels: torch.Tensor) -> None:
         """(Re)fits the classes present in ``labels`` to their ``codes`` ``(B, hidden)``; other classes are kept."""
@@ -142,26 +182,45 @@ class CodeBank:
                              f"{len(labels)} labels")  # fmt: skip
         if not torch.isfinite(codes).all():
             raise ValueError("codes contain NaN or inf")
+        hidden = codes.shape[1]
         for c in torch.unique(labels).tolist():
-            h = codes[labels == c]  # (n, hidden)
-            mean = h.mean(0)
-            _, sv, vt = torch.linalg.svd(h - mean, full_matrices=False)
-            k = min(self.rank, len(sv))
-            self._stats[int(c)] = (mean, vt[:k], sv[:k] / max(1, len(h) - 1) ** 0.5)
+            h = codes[labels == c]  # (n, H)
+            assign = self._clusters(h)
+            weights, means, dirs, sds = [], [], [], []
+            for j in torch.unique(assign).tolist():
+                hj = h[assign == j]  # (n_j, H)
+                mean = hj.mean(0)
+                d = torch.zeros(self.rank, hidden)
+                sd = torch.zeros(self.rank)
+                if len(hj) > 1 and self.rank:
+                    _, sv, vt = torch.linalg.svd(hj - mean, full_matrices=False)
+                    r = min(self.rank, len(sv))
+                    d[:r], sd[:r] = vt[:r], sv[:r] / (len(hj) - 1) ** 0.5
+                weights.append(float(len(hj)))
+                means.append(mean)
+                dirs.append(d)
+                sds.append(sd)
+            self._stats[int(c)] = (
+                torch.tensor(weights),
+                torch.stack(means),
+                torch.stack(dirs),
+                torch.stack(sds),
+            )
 
     def sample(self, labels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Codes ``(B, hidden)`` drawn from the classes' Gaussians."""
+        """Codes ``(B, hidden)`` drawn from the classes' mixtures."""
         labels = torch.as_tensor(labels).long().reshape(-1)
         missing = sorted(set(labels.tolist()) - set(self._stats))
         if missing:
             raise ValueError(f"no codes fitted for classes {missing}")
-        hidden = next(iter(self._stats.values()))[0].shape[0]
+        hidden = next(iter(self._stats.values()))[1].shape[1]
         out = torch.empty(len(labels), hidden)
         for c in torch.unique(labels).tolist():
-            mean, dirs, sd = self._stats[c]
+            weights, means, dirs, sds = self._stats[c]
             rows = (labels == c).nonzero().flatten()
-            z = torch.randn(len(rows), len(sd), generator=generator)
-            out[rows] = mean + (z * sd) @ dirs
+            comp = torch.multinomial(weights, len(rows), replacement=True, generator=generator)  # (n,)
+            z = torch.randn(len(rows), self.rank, generator=generator) * sds[comp]  # (n, R)
+            out[rows] = means[comp] + torch.einsum("nr,nrh->nh", z, dirs[comp])
         return out.clamp(self.low, self.high)
 
 

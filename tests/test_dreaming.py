@@ -100,6 +100,28 @@ def test_code_bank_samples_follow_each_class_gaussian():
         bank.fit(torch.full((2, 6), float("nan")), torch.tensor([0, 0]))
 
 
+def test_code_bank_mixture_keeps_each_mode_of_a_class():
+    gen = torch.Generator().manual_seed(0)
+    lo = 0.2 + 0.02 * torch.randn(300, 5, generator=gen)
+    hi = 0.8 + 0.02 * torch.randn(100, 5, generator=gen)
+    codes, labels = torch.cat([lo, hi]).clamp(0, 1), torch.zeros(400, dtype=torch.long)
+    mix = CodeBank(rank=2, components=2, seed=0)
+    mix.fit(codes, labels)
+    s = mix.sample(torch.zeros(4000, dtype=torch.long), generator=gen)  # (4000, 5)
+    near_lo = ((s - 0.2).abs() < 0.1).all(1).float().mean()
+    near_hi = ((s - 0.8).abs() < 0.1).all(1).float().mean()
+    assert abs(near_lo - 0.75) < 0.03 and abs(near_hi - 0.25) < 0.03  # both modes, in their proportions
+    one = CodeBank(rank=2, components=1)
+    one.fit(codes, labels)
+    s1 = one.sample(torch.zeros(4000, dtype=torch.long), generator=gen)
+    assert ((s1 - 0.2).abs() < 0.1).all(1).float().mean() < 0.5  # one Gaussian smears the modes together
+    few = CodeBank(rank=3, components=10)
+    few.fit(codes[:3], labels[:3])  # fewer codes than clusters: one cluster per code
+    assert few.sample(torch.zeros(7, dtype=torch.long), generator=gen).shape == (7, 5)
+    with pytest.raises(ValueError, match="components"):
+        CodeBank(components=0)
+
+
 def test_reconstruction_gradient_is_the_decoders_autograd_gradient():
     cfg = DreamerConfig(hidden=(16,), dream_weight=0.0, beta=0.01, free_steps=30, nudged_steps=30, seed=0)
     gen = torch.Generator().manual_seed(1)

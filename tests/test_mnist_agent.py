@@ -54,6 +54,8 @@ def test_online_config_rejects_bad_dream_settings():
         OnlineConfig(dreams="codes", recon_weight=0.0)
     with pytest.raises(ValueError, match="dream_weight > 0"):
         OnlineConfig(dreams="label", dream_weight=0.0)
+    with pytest.raises(ValueError, match="code_components"):
+        OnlineConfig(code_components=0)
     assert OnlineConfig(dreams="label").dream_weight == 1.0 and OnlineConfig().dream_weight == 0.0
 
 
