@@ -130,3 +130,16 @@ def test_persistent_kernel_equals_torch(sizes, members, batch, clamped, beta, mo
     for a, b in zip(out["torch"], out["triton"]):
         assert a.shape == b.shape
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
+
+
+def test_relax_bench_reports_every_figure_on_cpu():
+    from eqagent.bench.relax import RelaxBenchConfig, relax_flops, run_relax_bench
+
+    out = run_relax_bench(RelaxBenchConfig(steps=2, repeats=1, compile=False, device="cpu"))
+    assert out["device"] == "cpu" and out["matmul_gflops"] > 0
+    for name, case in (("world_model", ([8, 64, 64, 7], 5, 1024)), ("mnist", ([784, 500, 10], None, 256))):
+        res = out[name]
+        assert res["flops"] == relax_flops(*case, 2)
+        assert res["torch_eager_seconds"] > 0 and res["products_only_seconds"] > 0
+        assert res["ratio_to_matmul"] > 0 and res["triton"].startswith("not measured")
+    assert out["cpu_ratio_to_matmul"] == max(out[n]["ratio_to_matmul"] for n in ("world_model", "mnist"))

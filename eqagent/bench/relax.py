@@ -6,7 +6,10 @@ T = 20. Free phase, input clamped, fixed-point form, no convergence checks. Back
 dispatch: the persistent all-steps kernel for (a), the fused per-layer step for (b)).
 FLOPs count the matmuls only: the clamped input's drive once, then every free-free coupling at every step.
 The roofline is the device's plain ``matmul`` throughput measured in the same run; ``cpu_ratio_to_matmul`` is the
-worse of (a) and (b) of eager time / (FLOPs / matmul throughput).
+worse of (a) and (b) of eager time / (FLOPs / matmul throughput). ``products_only_seconds`` times the relaxation's
+matrix products alone, at their own shapes (feature-major, as the engine computes them) with nothing else: the
+drive once and every coupling's two products at every step; its ratio to the roofline says how much of the budget
+the shapes themselves use.
 """
 
 from __future__ import annotations
@@ -97,6 +100,29 @@ def _compiled_relax(net: EnergyNet, steps: int):
     return torch.compile(run)
 
 
+def _products_seconds(case: dict, steps: int, device: torch.device, sync, repeats: int) -> float:
+    """Time of the relaxation's matrix products alone (see the module docstring), feature-major shapes."""
+    sizes, batch = case["sizes"], case["batch"]
+    lead = (case["members"],) if case["members"] else ()
+
+    def mats(rows: int, cols: int) -> torch.Tensor:
+        return torch.rand(*lead, rows, cols, device=device)
+
+    drive = (mats(sizes[1], sizes[0]), mats(sizes[0], batch))  # W_0ᵀ x_ᵀ: (…, n_1, B)
+    pairs = []
+    for l in range(1, len(sizes) - 1):
+        pairs.append((mats(sizes[l], sizes[l + 1]), mats(sizes[l + 1], batch)))  # top-down into layer l
+        pairs.append((mats(sizes[l + 1], sizes[l]), mats(sizes[l], batch)))  # bottom-up into layer l + 1
+
+    def run() -> None:
+        torch.matmul(*drive)
+        for _ in range(steps):
+            for a, b in pairs:
+                torch.matmul(a, b)
+
+    return _time(run, repeats, sync)
+
+
 def run_relax_bench(cfg: RelaxBenchConfig) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -121,6 +147,9 @@ def run_relax_bench(cfg: RelaxBenchConfig) -> dict:
         res["ratio_to_matmul"] = t / res["matmul_roofline_seconds"]
         if dev.type == "cpu":
             ratios.append(res["ratio_to_matmul"])
+        t = _products_seconds(case, cfg.steps, dev, sync, cfg.repeats)
+        res["products_only_seconds"] = t
+        res["products_only_ratio_to_matmul"] = t / res["matmul_roofline_seconds"]
         if cfg.compile:
             try:
                 fn = _compiled_relax(net, cfg.steps)
