@@ -13,8 +13,9 @@ the new task's images in every update (generative replay with the net's own drea
 * ``"codes"`` (default): the net also learns to reconstruct images from its first hidden layer
   (``DreamerConfig.recon_weight``); at each task start a :class:`~eqagent.dreaming.CodeBank` is fitted to the
   hidden codes of the finished task's images (per class: a mixture of Gaussians, each a k-means cluster's mean and
-  leading principal directions), the old classes' mixtures are refitted to the codes of their previous dreams under the current net, and the dreams are the
-  images relaxed from codes sampled per class (hidden layer clamped, image free). Varied dreams, no stored images.
+  leading principal directions), the old classes' mixtures are refitted to the codes of their previous dreams
+  under the current net, and the dreams are the images relaxed from codes sampled per class (hidden layer clamped,
+  image free). Varied dreams, no stored images.
 * ``"label"``: the label clamped, image and hidden free, relaxed from a noisy top-down start (class prototypes).
 
 ``eqagent bench replay``: split-MNIST (5 tasks of 2 classes) learned online through the env, with and without
@@ -56,8 +57,8 @@ class OnlineConfig:
         replay_per_class: Dreams per old class in every update (once old classes exist): old classes are replayed
             as often as each new class is seen (``batch_size`` real images cover the current task's classes).
         dreams_per_class: Dreams generated per old class at each task start.
-        dreams: How to dream: ``"codes"`` (decode codes sampled from per-class Gaussian mixtures over the hidden layer)
-            or ``"label"`` (clamp the label, relax from a noisy start); see the module docstring.
+        dreams: How to dream: ``"codes"`` (decode codes sampled from per-class Gaussian mixtures over the hidden
+            layer) or ``"label"`` (clamp the label, relax from a noisy start); see the module docstring.
         recon_weight: Weight of the image-reconstruction EP step (``"codes"`` needs it > 0).
         dream_weight: Weight of the label-clamped (dream-direction) EP step; ``None``: 1 for ``"label"`` dreams
             (which need it), 0 for ``"codes"`` (they do not use that pathway, and training it costs accuracy:

@@ -218,6 +218,10 @@ class CodeBank:
         for c in torch.unique(labels).tolist():
             weights, means, dirs, sds = self._stats[c]
             rows = (labels == c).nonzero().flatten()
+            if len(weights) == 1:  # one Gaussian: no cluster draw
+                z = torch.randn(len(rows), self.rank, generator=generator)  # (n, R)
+                out[rows] = means[0] + (z * sds[0]) @ dirs[0]
+                continue
             comp = torch.multinomial(weights, len(rows), replacement=True, generator=generator)  # (n,)
             z = torch.randn(len(rows), self.rank, generator=generator) * sds[comp]  # (n, R)
             out[rows] = means[comp] + torch.einsum("nr,nrh->nh", z, dirs[comp])
