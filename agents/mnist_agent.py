@@ -5,17 +5,21 @@ Each env step the agent labels the image (free phase, image clamped), the env re
 newest image plus recent ones, its learning rate set by the same :class:`~eqagent.surprise.SurpriseGate` as the
 world model's (prediction error = the free-phase cost of the newest image).
 
-Against catastrophic forgetting in class-incremental streams, :meth:`OnlineEPClassifier.start_task` freezes a
-copy of the net and lets it dream images of every class seen so far; those dreams, labelled, are replayed next to
-the new task's images in every update (generative replay with the net's own dreams). Two ways to dream
-(``OnlineConfig.dreams``):
+Against catastrophic forgetting in class-incremental streams, :meth:`OnlineEPClassifier.start_task` dreams images
+of every class seen so far; those dreams, labelled, are replayed next to the new task's images in every update
+(generative replay). Three ways to dream (``OnlineConfig.dreams``):
 
-* ``"codes"`` (default): the net also learns to reconstruct images from its first hidden layer
+* ``"autoencoder"`` (default): a second EP net, :class:`~eqagent.dreaming.DreamAutoencoder` (``image – code``),
+  learns to reconstruct every batch the classifier sees (the new task's images and the replayed dreams). At each
+  task start a :class:`~eqagent.dreaming.CodeBank` is fitted to its codes of the finished task's images, the old
+  classes' mixtures are refitted to its codes of their previous dreams, and the dreams are the images it decodes
+  from codes sampled per class. Its codes keep stroke width and slant, which the classifier's hidden layer drops.
+* ``"codes"``: the classifier net itself also learns to reconstruct images from its first hidden layer
   (``DreamerConfig.recon_weight``); at each task start a :class:`~eqagent.dreaming.CodeBank` is fitted to the
   hidden codes of the finished task's images (per class: a mixture of Gaussians, each a k-means cluster's mean and
   leading principal directions), the old classes' mixtures are refitted to the codes of their previous dreams
   under the current net, and the dreams are the images relaxed from codes sampled per class (hidden layer clamped,
-  image free). Varied dreams, no stored images.
+  image free). Varied dreams, but thinner and more alike than real digits.
 * ``"label"``: the label clamped, image and hidden free, relaxed from a noisy top-down start (class prototypes).
 
 ``eqagent bench replay``: split-MNIST (5 tasks of 2 classes) learned online through the env, with and without
@@ -34,7 +38,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from eqagent.dreaming import CodeBank, DreamerConfig, DreamerNet
+from eqagent.dreaming import CodeBank, DreamAutoencoder, DreamerConfig, DreamerNet
 from eqagent.surprise import SurpriseGate, SurpriseGateConfig
 
 __all__ = ["OnlineConfig", "OnlineEPClassifier", "ReplayBenchConfig", "run_replay_bench"]
@@ -57,14 +61,20 @@ class OnlineConfig:
         replay_per_class: Dreams per old class in every update (once old classes exist): old classes are replayed
             as often as each new class is seen (``batch_size`` real images cover the current task's classes).
         dreams_per_class: Dreams generated per old class at each task start.
-        dreams: How to dream: ``"codes"`` (decode codes sampled from per-class Gaussian mixtures over the hidden
-            layer) or ``"label"`` (clamp the label, relax from a noisy start); see the module docstring.
-        recon_weight: Weight of the image-reconstruction EP step (``"codes"`` needs it > 0).
+        dreams: How to dream: ``"autoencoder"`` (decode codes sampled from per-class Gaussian mixtures over a
+            separate EP autoencoder's codes), ``"codes"`` (the same over the classifier's hidden layer, decoded by
+            the classifier net) or ``"label"`` (clamp the label, relax from a noisy start); see the module
+            docstring.
+        recon_weight: Weight of the classifier's image-reconstruction EP step; ``None``: 2 for ``"codes"`` (which
+            needs it > 0), 0 otherwise.
         dream_weight: Weight of the label-clamped (dream-direction) EP step; ``None``: 1 for ``"label"`` dreams
-            (which need it), 0 for ``"codes"`` (they do not use that pathway, and training it costs accuracy:
-            65.4% vs 61.8% in ``eqagent bench replay``, see docs/benchmarks.md).
+            (which need it), 0 otherwise (the other dreams do not use that pathway, and training it costs accuracy:
+            65.4% vs 61.8% in ``eqagent bench replay`` with ``"codes"``, see docs/benchmarks.md).
         code_rank: Principal directions per cluster of the code mixtures.
         code_components: Clusters (Gaussians) per class of the code mixtures (:class:`~eqagent.dreaming.CodeBank`).
+        ae_hidden: Code size of the ``"autoencoder"`` dreams' :class:`~eqagent.dreaming.DreamAutoencoder`.
+        ae_lr: Its Adam learning rate. It learns from every batch (``train_every``), not gated by surprise: a
+            gated autoencoder barely trains on an easy first task, and its dreams of those classes decay.
         dream_noise: Noise on the label dreams' starting states (variety).
         seed: Seed.
     """
@@ -80,17 +90,25 @@ class OnlineConfig:
     gate: bool = True
     replay_per_class: int = 16
     dreams_per_class: int = 500
-    dreams: str = "codes"
-    recon_weight: float = 2.0
+    dreams: str = "autoencoder"
+    recon_weight: float | None = None
     dream_weight: float | None = None
-    code_rank: int = 5
+    code_rank: int = 10
     code_components: int = 20
+    ae_hidden: int = 1000
+    ae_lr: float = 3e-4
     dream_noise: float = 0.3
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if self.dreams not in ("codes", "label"):
-            raise ValueError(f"dreams must be 'codes' or 'label', got {self.dreams!r}")
+        if self.dreams not in ("autoencoder", "codes", "label"):
+            raise ValueError(f"dreams must be 'autoencoder', 'codes' or 'label', got {self.dreams!r}")
+        if self.recon_weight is None:
+            self.recon_weight = 2.0 if self.dreams == "codes" else 0.0
+        if not self.recon_weight >= 0:
+            raise ValueError(f"recon_weight must be >= 0, got {self.recon_weight}")
+        if self.ae_hidden < 1 or not self.ae_lr > 0:
+            raise ValueError(f"ae_hidden must be >= 1 and ae_lr > 0, got {self.ae_hidden} and {self.ae_lr}")
         if self.dreams == "codes" and not self.recon_weight > 0:
             raise ValueError("dreams='codes' needs recon_weight > 0 (the codes are decoded by that pathway)")
         if self.code_rank < 0 or self.code_components < 1:
@@ -126,6 +144,10 @@ class OnlineEPClassifier:
         self.rng = np.random.default_rng(c.seed)
         self.seen: set[int] = set()
         self.dreams: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.ae: DreamAutoencoder | None = None
+        if c.dreams == "autoencoder":
+            self.ae = DreamAutoencoder(num_pixels, c.ae_hidden, seed=c.seed + 2)
+            self.ae_optimizer = torch.optim.Adam(self.ae.net.trainable_parameters(), lr=c.ae_lr)
         self.bank = CodeBank(c.code_rank, components=c.code_components, seed=c.seed)
         self.steps = self.updates = 0
         self._last: tuple[np.ndarray, torch.Tensor] | None = None
@@ -139,26 +161,28 @@ class OnlineEPClassifier:
         return int(scores.argmax(-1)[0])
 
     def start_task(self, replay: bool) -> None:
-        """Called when a new task begins: with ``replay``, a frozen copy dreams every class seen so far."""
+        """Called when a new task begins: with ``replay``, every class seen so far is dreamt (see the module
+        docstring); the dreams are replayed until the next task begins."""
         c = self.config
         recent = list(self.recent)
         self.recent.clear()
         if not replay or not self.seen:
             return
-        frozen = copy.deepcopy(self.model)
+        frozen = None if c.dreams == "autoencoder" else copy.deepcopy(self.model)  # the dreaming net, frozen
         labels = torch.tensor(sorted(self.seen)).repeat_interleave(c.dreams_per_class)
         gen = torch.Generator().manual_seed(c.seed + len(self.seen))
-        if c.dreams == "codes":
+        if c.dreams in ("codes", "autoencoder"):
+            coder = self.ae if c.dreams == "autoencoder" else frozen
             # old classes: refit to their last dreams' codes under the current net
             if self.dreams is not None:
-                self.bank.fit(torch.cat([frozen.codes(x) for x in self.dreams[0].split(500)]), self.dreams[1])
+                self.bank.fit(torch.cat([coder.codes(x) for x in self.dreams[0].split(500)]), self.dreams[1])
             # the finished task's classes: fitted to its real images' codes
             if recent:
                 x = torch.from_numpy(np.stack([r[0] for r in recent]))
                 self.bank.fit(
-                    torch.cat([frozen.codes(b) for b in x.split(500)]), torch.tensor([r[1] for r in recent])
+                    torch.cat([coder.codes(b) for b in x.split(500)]), torch.tensor([r[1] for r in recent])
                 )
-            imgs = torch.cat([frozen.decode(self.bank.sample(lb, generator=gen)) for lb in labels.split(500)])
+            imgs = torch.cat([coder.decode(self.bank.sample(lb, generator=gen)) for lb in labels.split(500)])
         else:
             imgs = torch.cat(
                 [frozen.dream(lb, noise=c.dream_noise, generator=gen) for lb in labels.split(500)]
@@ -179,7 +203,8 @@ class OnlineEPClassifier:
         target = torch.nn.functional.one_hot(torch.tensor([int(label)]), self.num_classes).float()
         err = float(((scores - target) ** 2).sum())  # prediction error of the revealed label
         g = self.gate(err) if c.gate else 1.0
-        if self.steps % c.train_every or (c.gate and self.gate.skip(g)):
+        skip = bool(c.gate and self.gate.skip(g))
+        if self.steps % c.train_every or (skip and self.ae is None):
             return {"error": err, "gate": g, "updated": False}
         idx = self.rng.integers(0, len(self.recent), size=c.batch_size - 1)
         batch = [self.recent[-1]] + [self.recent[i] for i in idx]
@@ -190,6 +215,10 @@ class OnlineEPClassifier:
             j = torch.from_numpy(self.rng.integers(0, len(self.dreams[1]), size=c.replay_per_class * n_old))
             xb = torch.cat([xb, self.dreams[0][j]])
             yb = torch.cat([yb, self.dreams[1][j]])
+        if self.ae is not None:  # the generator learns from every batch (see ``OnlineConfig.ae_lr``)
+            self.ae.train_batch(xb, self.ae_optimizer)
+        if skip:
+            return {"error": err, "gate": g, "updated": False}
         self.model.train_batch(xb, yb, self.optimizer, lr_scale=g)
         self.updates += 1
         return {"error": err, "gate": g, "updated": True}
@@ -205,11 +234,13 @@ class ReplayBenchConfig:
         data_dir: MNIST directory (empty: default lookup).
         download: Download missing MNIST files.
         threads: torch CPU threads (0: default).
-        dreams: How the learners dream (``OnlineConfig.dreams``: ``"codes"`` or ``"label"``).
-        recon_weight: ``OnlineConfig.recon_weight``.
+        dreams: How the learners dream (``OnlineConfig.dreams``: ``"autoencoder"``, ``"codes"`` or ``"label"``).
+        recon_weight: ``OnlineConfig.recon_weight`` (negative: its default for ``dreams``).
         dream_weight: ``OnlineConfig.dream_weight`` (negative: its default for ``dreams``).
         code_rank: ``OnlineConfig.code_rank``.
         code_components: ``OnlineConfig.code_components``.
+        ae_hidden: ``OnlineConfig.ae_hidden``.
+        ae_lr: ``OnlineConfig.ae_lr``.
         replay_per_class: ``OnlineConfig.replay_per_class``.
         seed: Seed.
     """
@@ -219,11 +250,13 @@ class ReplayBenchConfig:
     data_dir: str = ""
     download: bool = False
     threads: int = 0
-    dreams: str = "codes"
-    recon_weight: float = 2.0
+    dreams: str = "autoencoder"
+    recon_weight: float = -1.0
     dream_weight: float = -1.0
-    code_rank: int = 5
+    code_rank: int = 10
     code_components: int = 20
+    ae_hidden: int = 1000
+    ae_lr: float = 3e-4
     replay_per_class: int = 16
     seed: int = 0
 
@@ -231,10 +264,12 @@ class ReplayBenchConfig:
         """The learners' :class:`OnlineConfig`."""
         return OnlineConfig(
             dreams=self.dreams,
-            recon_weight=self.recon_weight,
+            recon_weight=None if self.recon_weight < 0 else self.recon_weight,
             dream_weight=None if self.dream_weight < 0 else self.dream_weight,
             code_rank=self.code_rank,
             code_components=self.code_components,
+            ae_hidden=self.ae_hidden,
+            ae_lr=self.ae_lr,
             replay_per_class=self.replay_per_class,
             seed=self.seed,
         )

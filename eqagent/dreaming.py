@@ -19,6 +19,12 @@ only neighbour is that layer, so this is the same energy with another clamp); :c
 class-conditional mixture of Gaussians over those codes (per class, k-means clusters, each with its mean and a few
 principal directions), and
 :meth:`DreamerNet.decode` relaxes the image with a sampled code clamped.
+
+The classifier's hidden layer keeps what separates the classes and drops the rest (stroke width, slant), so images
+decoded from its codes are thin prototypes. :class:`DreamAutoencoder` is a second, smaller-purpose energy net
+``image – code`` trained by EP only to reconstruct images; its codes keep what the images look like, and dreams
+decoded from a :class:`CodeBank` over them are much closer to real digits (the generator of deep generative
+replay, here an EP net).
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from eqagent.relax import settle
 
 __all__ = [
     "CodeBank",
+    "DreamAutoencoder",
     "DreamRunConfig",
     "DreamerConfig",
     "DreamerNet",
@@ -226,6 +233,84 @@ class CodeBank:
             z = torch.randn(len(rows), self.rank, generator=generator) * sds[comp]  # (n, R)
             out[rows] = means[comp] + torch.einsum("nr,nrh->nh", z, dirs[comp])
         return out.clamp(self.low, self.high)
+
+
+class DreamAutoencoder(nn.Module):
+    """An EP-trained image autoencoder: a 2-layer Hopfield energy ``image – code`` (hard-sigmoid units, biases on
+    both layers), the generator of generative replay.
+
+    * :meth:`codes` — image clamped, code layer relaxed (its only neighbour is the clamped image, so one
+      fixed-point step reaches the equilibrium ``Π(xW + b)``);
+    * :meth:`gradients` — the EP step of reconstruction: code layer clamped at those codes, image free and nudged
+      toward the image (the same energy with the other layer clamped; the weights are shared as views);
+    * :meth:`decode` — code clamped, image relaxed.
+
+    Args:
+        in_dim: Pixels per image.
+        hidden: Code size.
+        beta: EP nudging strength (symmetric ±β).
+        nudged_steps: Relaxation steps of each nudged phase.
+        seed: Initialisation seed.
+    """
+
+    def __init__(self, in_dim: int, hidden: int = 1000, beta: float = 0.5, nudged_steps: int = 4,
+                 seed: int = 0) -> None:  # fmt: skip
+        super().__init__()
+        if in_dim < 1 or hidden < 1:
+            raise ValueError(f"in_dim and hidden must be >= 1, got {in_dim} and {hidden}")
+        self.in_dim, self.hidden = int(in_dim), int(hidden)
+        self.net = EnergyNet(
+            [self.in_dim, self.hidden],
+            activation="hard_sigmoid",
+            input_activation="hard_sigmoid",
+            input_bias=True,
+            generator=torch.Generator().manual_seed(seed),
+        )
+        # code → image; not a submodule: its parameters are views of self.net's
+        self._dec = [_decoder(self.net)]
+        self.cost = MSECost()
+        self.ep = EPConfig(beta=beta, symmetric=True, free_steps=1, nudged_steps=nudged_steps)
+
+    def _check_images(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.as_tensor(x, dtype=torch.float32)
+        if x.dim() != 2 or x.shape[1] != self.in_dim:
+            raise ValueError(f"images must be (B, {self.in_dim}), got {tuple(x.shape)}")
+        if not torch.isfinite(x).all():
+            raise ValueError("images contain NaN or inf")
+        return x
+
+    @torch.no_grad()
+    def codes(self, x: torch.Tensor) -> torch.Tensor:
+        """Codes ``(B, hidden)`` of images ``(B, in_dim)``."""
+        x = self._check_images(x)
+        return settle(self.net, [x, torch.zeros(len(x), self.hidden)], clamped=(0,), steps=1).states[1]
+
+    @torch.no_grad()
+    def decode(self, codes: torch.Tensor) -> torch.Tensor:
+        """Images ``(B, in_dim)`` relaxed with the code layer clamped to ``codes``."""
+        codes = self._dec[0].check_layer(0, torch.as_tensor(codes, dtype=torch.float32), "codes")
+        start = torch.full((len(codes), self.in_dim), 0.5)
+        return settle(self._dec[0], [codes, start], clamped=(0,), steps=1).states[1]
+
+    def gradients(self, x: torch.Tensor) -> tuple[dict[nn.Parameter, torch.Tensor], float]:
+        """EP gradients of reconstructing ``x`` from its codes, on this net's parameters; also the free cost."""
+        x = self._check_images(x)
+        dec = self._dec[0]
+        rec = ep_gradients(dec, self.cost, self.codes(x), x, self.ep)
+        grads = {
+            self.net.weights[0]: rec.grads[dec.weights[0]].transpose(-1, -2),
+            self.net.biases[0]: rec.grads[dec.biases[1]],
+        }
+        return grads, rec.loss
+
+    def train_batch(self, x: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
+        """One EP reconstruction step on ``x`` ``(B, in_dim)``; returns the free-phase cost."""
+        grads, loss = self.gradients(x)
+        optimizer.zero_grad(set_to_none=True)
+        for p, g in grads.items():
+            p.grad = g
+        optimizer.step()
+        return loss
 
 
 class DreamerNet(nn.Module):

@@ -5,6 +5,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from eqagent.dreaming import (
     CodeBank,
+    DreamAutoencoder,
     DreamerConfig,
     DreamerNet,
     DreamRunConfig,
@@ -162,3 +163,38 @@ def test_decode_reconstructs_images_after_training_the_reconstruction():
     assert after < 0.5 * before
     with pytest.raises(ValueError, match="codes"):
         net.decode(torch.zeros(2, 31))
+
+
+def test_autoencoder_gradient_is_the_decoders_autograd_gradient():
+    ae = DreamAutoencoder(12, 16, beta=0.01, nudged_steps=30, seed=0)
+    x = torch.rand(8, 12, generator=torch.Generator().manual_seed(1))
+    grads, loss = ae.gradients(x)
+    w, b = ae.net.weights[0], ae.net.biases[0]  # (12, 16), (12,)
+    h = ae.codes(x)  # (8, 16): the clamped code, Π(xW + b_code)
+    assert torch.allclose(h, (x @ w.detach() + ae.net.biases[1].detach()).clamp(0, 1))
+    wt, bt = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    ae.cost.value((h @ wt.T + bt).clamp(0, 1), x).mean().backward()
+    assert loss > 0 and set(grads) == {w, b}
+    for ep, ag in ((grads[w], wt.grad), (grads[b], bt.grad)):
+        cos = torch.nn.functional.cosine_similarity(ep.flatten(), ag.flatten(), dim=0)
+        assert cos > 0.999 and torch.allclose(ep, ag, atol=1e-3, rtol=0.02)
+
+
+def test_autoencoder_learns_to_reconstruct_and_rejects_bad_input():
+    x, _ = _data(300)
+    ae = DreamAutoencoder(64, 48, seed=0)
+    before = float(((ae.decode(ae.codes(x)) - x) ** 2).mean())
+    opt = torch.optim.Adam(ae.net.trainable_parameters(), lr=3e-3)
+    for _ in range(3):
+        for i in range(0, 300, 20):
+            ae.train_batch(x[i : i + 20], opt)
+    after = float(((ae.decode(ae.codes(x)) - x) ** 2).mean())
+    assert after < 0.3 * before
+    with pytest.raises(ValueError, match="images must be"):
+        ae.codes(torch.zeros(2, 63))
+    with pytest.raises(ValueError, match="NaN"):
+        ae.train_batch(torch.full((2, 64), float("nan")), opt)
+    with pytest.raises(ValueError, match="codes"):
+        ae.decode(torch.zeros(2, 47))
+    with pytest.raises(ValueError, match="hidden"):
+        DreamAutoencoder(64, 0)

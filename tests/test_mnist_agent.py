@@ -6,7 +6,7 @@ from eqagent.agents.mnist_agent import OnlineConfig, OnlineEPClassifier, ReplayB
 from tests.conftest import synthetic_digits
 
 SMALL = dict(hidden=32, label_copies=2, batch_size=16, train_every=2, dreams_per_class=20, replay_per_class=4,
-             free_steps=8, nudged_steps=4)  # fmt: skip
+             free_steps=8, nudged_steps=4, ae_hidden=32, ae_lr=3e-3)  # fmt: skip
 NO_GATE = dict(SMALL, gate=False)
 
 
@@ -36,7 +36,7 @@ def _overlapping_digits(n, seed):
     return images.clip(0, 255).astype(np.uint8), labels.astype(np.int64)
 
 
-@pytest.mark.parametrize("dreams", ["codes", "label"])
+@pytest.mark.parametrize("dreams", ["autoencoder", "codes", "label"])
 def test_dream_replay_keeps_old_classes_alive(dreams):
     tr, te = _overlapping_digits(1200, 0), _overlapping_digits(200, 1)
     cfg = ReplayBenchConfig(tasks="01,23", steps_per_task=300)
@@ -56,13 +56,19 @@ def test_online_config_rejects_bad_dream_settings():
         OnlineConfig(dreams="label", dream_weight=0.0)
     with pytest.raises(ValueError, match="code_components"):
         OnlineConfig(code_components=0)
+    with pytest.raises(ValueError, match="ae_hidden"):
+        OnlineConfig(ae_lr=0.0)
+    with pytest.raises(ValueError, match="recon_weight must be"):
+        OnlineConfig(recon_weight=-1.0)
     assert OnlineConfig(dreams="label").dream_weight == 1.0 and OnlineConfig().dream_weight == 0.0
+    assert OnlineConfig(dreams="codes").recon_weight == 2.0 and OnlineConfig().recon_weight == 0.0
 
 
-def test_code_dreams_cover_every_old_class_and_are_varied():
+@pytest.mark.parametrize("dreams", ["autoencoder", "codes"])
+def test_code_dreams_cover_every_old_class_and_are_varied(dreams):
     images, labels = synthetic_digits(600, num_classes=4, side=8, seed=0)
     x = images.reshape(600, -1).astype(np.float32) / 255.0
-    agent = OnlineEPClassifier(64, 4, OnlineConfig(**NO_GATE))
+    agent = OnlineEPClassifier(64, 4, OnlineConfig(**NO_GATE, dreams=dreams))
     for cls in ((0, 1), (2, 3)):
         agent.start_task(replay=True)
         for i in np.flatnonzero(np.isin(labels, cls))[:150]:
