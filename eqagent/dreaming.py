@@ -21,7 +21,7 @@ principal directions), and
 :meth:`DreamerNet.decode` relaxes the image with a sampled code clamped.
 
 The classifier's hidden layer keeps what separates the classes and drops the rest (stroke width, slant), so images
-decoded from its codes are thin prototypes. :class:`DreamAutoencoder` is a second, smaller-purpose energy net
+decoded from its codes are thin prototypes. :class:`DreamAutoencoder` is a second energy net
 ``image – code`` trained by EP only to reconstruct images; its codes keep what the images look like, and dreams
 decoded from a :class:`CodeBank` over them are much closer to real digits (the generator of deep generative
 replay, here an EP net).
