@@ -119,6 +119,37 @@ def _decoder(net: EnergyNet) -> EnergyNet:
     return dec
 
 
+def _check_images(x: torch.Tensor, in_dim: int) -> torch.Tensor:
+    x = torch.as_tensor(x, dtype=torch.float32)
+    if x.dim() != 2 or x.shape[1] != in_dim:
+        raise ValueError(f"images must be (B, {in_dim}), got {tuple(x.shape)}")
+    if not torch.isfinite(x).all():
+        raise ValueError("images contain NaN or inf")
+    return x
+
+
+@torch.no_grad()
+def _decode(dec: EnergyNet, codes: torch.Tensor) -> torch.Tensor:
+    """Images ``(B, n_image)`` relaxed by the :func:`_decoder` view ``dec`` with its code layer clamped to
+    ``codes``: the image's only neighbour is the clamped layer, so one fixed-point step reaches the equilibrium."""
+    codes = dec.check_layer(0, torch.as_tensor(codes, dtype=torch.float32), "codes")
+    start = torch.full((len(codes), dec.sizes[1]), 0.5)
+    return settle(dec, [codes, start], clamped=(0,), steps=1).states[1]
+
+
+def _recon_gradients(
+    net: EnergyNet, dec: EnergyNet, cost: MSECost, codes: torch.Tensor, x: torch.Tensor, ep: EPConfig
+) -> tuple[dict[nn.Parameter, torch.Tensor], float]:
+    """EP gradients of reconstructing ``x`` from ``codes`` (code layer clamped, image free and nudged toward
+    ``x``) through the :func:`_decoder` view ``dec``, mapped onto ``net``'s own parameters; also the free cost."""
+    rec = ep_gradients(dec, cost, codes, x, ep)
+    grads = {
+        net.weights[0]: rec.grads[dec.weights[0]].transpose(-1, -2),
+        net.biases[0]: rec.grads[dec.biases[1]],
+    }
+    return grads, rec.loss
+
+
 class CodeBank:
     """A class-conditional mixture of Gaussians over hidden codes: the latent prior that :meth:`DreamerNet.decode`
     dreams from.
@@ -271,37 +302,20 @@ class DreamAutoencoder(nn.Module):
         self.cost = MSECost()
         self.ep = EPConfig(beta=beta, symmetric=True, free_steps=1, nudged_steps=nudged_steps)
 
-    def _check_images(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.as_tensor(x, dtype=torch.float32)
-        if x.dim() != 2 or x.shape[1] != self.in_dim:
-            raise ValueError(f"images must be (B, {self.in_dim}), got {tuple(x.shape)}")
-        if not torch.isfinite(x).all():
-            raise ValueError("images contain NaN or inf")
-        return x
-
     @torch.no_grad()
     def codes(self, x: torch.Tensor) -> torch.Tensor:
         """Codes ``(B, hidden)`` of images ``(B, in_dim)``."""
-        x = self._check_images(x)
+        x = _check_images(x, self.in_dim)
         return settle(self.net, [x, torch.zeros(len(x), self.hidden)], clamped=(0,), steps=1).states[1]
 
-    @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
         """Images ``(B, in_dim)`` relaxed with the code layer clamped to ``codes``."""
-        codes = self._dec[0].check_layer(0, torch.as_tensor(codes, dtype=torch.float32), "codes")
-        start = torch.full((len(codes), self.in_dim), 0.5)
-        return settle(self._dec[0], [codes, start], clamped=(0,), steps=1).states[1]
+        return _decode(self._dec[0], codes)
 
     def gradients(self, x: torch.Tensor) -> tuple[dict[nn.Parameter, torch.Tensor], float]:
         """EP gradients of reconstructing ``x`` from its codes, on this net's parameters; also the free cost."""
-        x = self._check_images(x)
-        dec = self._dec[0]
-        rec = ep_gradients(dec, self.cost, self.codes(x), x, self.ep)
-        grads = {
-            self.net.weights[0]: rec.grads[dec.weights[0]].transpose(-1, -2),
-            self.net.biases[0]: rec.grads[dec.biases[1]],
-        }
-        return grads, rec.loss
+        x = _check_images(x, self.in_dim)
+        return _recon_gradients(self.net, self._dec[0], self.cost, self.codes(x), x, self.ep)
 
     def train_batch(self, x: torch.Tensor, optimizer: torch.optim.Optimizer) -> float:
         """One EP reconstruction step on ``x`` ``(B, in_dim)``; returns the free-phase cost."""
@@ -350,10 +364,7 @@ class DreamerNet(nn.Module):
         return y.repeat_interleave(self.config.label_copies, dim=-1)
 
     def _check_images(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.as_tensor(x, dtype=torch.float32)
-        if x.dim() != 2 or x.shape[1] != self.in_dim:
-            raise ValueError(f"images must be (B, {self.in_dim}), got {tuple(x.shape)}")
-        return x
+        return _check_images(x, self.in_dim)
 
     def gradients(
         self, x: torch.Tensor, labels: torch.Tensor
@@ -374,13 +385,11 @@ class DreamerNet(nn.Module):
                 grads[q] = grads.get(q, 0) + self.config.dream_weight * g
             losses["dream"] = gen.loss
         if self.config.recon_weight > 0:
-            dec = self._dec[0]
-            rec = ep_gradients(dec, self.cost, cls.free.states[1], x, self.ep)
-            w, b = self.net.weights[0], self.net.biases[0]
-            k = self.config.recon_weight
-            grads[w] = grads.get(w, 0) + k * rec.grads[dec.weights[0]].transpose(-1, -2)
-            grads[b] = grads.get(b, 0) + k * rec.grads[dec.biases[1]]
-            losses["recon"] = rec.loss
+            rec, losses["recon"] = _recon_gradients(
+                self.net, self._dec[0], self.cost, cls.free.states[1], x, self.ep
+            )
+            for p, g in rec.items():
+                grads[p] = grads.get(p, 0) + self.config.recon_weight * g
         return grads, losses
 
     def train_batch(self, x: torch.Tensor, labels: torch.Tensor, optimizer: torch.optim.Optimizer,
@@ -412,16 +421,11 @@ class DreamerNet(nn.Module):
         """First-hidden-layer states at the perception equilibrium (image clamped), ``(B, hidden)``."""
         return free_phase(self.net, self._check_images(x), self.ep).states[1]
 
-    @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:
-        """Images ``(B, in_dim)`` dreamt from hidden codes: first hidden layer clamped to ``codes``, image relaxed.
-
-        The image's only neighbour is the clamped layer, so one fixed-point step reaches its equilibrium; the
-        pathway is trained by ``recon_weight``.
-        """
-        codes = self._dec[0].check_layer(0, torch.as_tensor(codes, dtype=torch.float32), "codes")
-        start = torch.full((len(codes), self.in_dim), 0.5)
-        return settle(self._dec[0], [codes, start], clamped=(0,), steps=1).states[1]
+        """Images ``(B, in_dim)`` dreamt from hidden codes: first hidden layer clamped to ``codes``, image relaxed
+        (one fixed-point step: the image's only neighbour is the clamped layer); the pathway is trained by
+        ``recon_weight``."""
+        return _decode(self._dec[0], codes)
 
     @torch.no_grad()
     def dream(
