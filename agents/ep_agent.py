@@ -19,9 +19,9 @@ from pathlib import Path
 import gymnasium as gym
 import numpy as np
 from eqagent.agents.preferences import resolve_preference
+from eqagent.apps.logging import Logger, next_run_dir
 from safetensors.torch import load_file, save_file
 
-from eqagent.logging import Logger, next_run_dir
 from eqagent.planning import CEMPlanner, PlannerConfig
 from eqagent.surprise import SurpriseGateConfig
 from eqagent.value import EPValueFunction, ValueConfig

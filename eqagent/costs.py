@@ -16,13 +16,20 @@ import math
 import torch
 from torch import nn
 
-from eqagent.energy import Activation, get_activation
+from eqagent.energy.activations import Activation, get_activation
 
 __all__ = ["Cost", "CrossEntropyCost", "LogitCrossEntropyCost", "MSECost", "make_cost"]
 
 
 class Cost(nn.Module):
-    """Abstract base: a differentiable cost on the output layer with closed-form derivatives."""
+    """Abstract base: a differentiable cost on the output layer with closed-form derivatives.
+
+    Attributes:
+        residual: ``∂C/∂s_out = s_out − target`` exactly (the MSE on the output state): a fused kernel may then
+            apply the nudge itself.
+    """
+
+    residual: bool = False
 
     def check_target(self, target: torch.Tensor, s_out: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -42,6 +49,8 @@ class Cost(nn.Module):
 
 class MSECost(Cost):
     """``C = ½‖s_L − y‖²`` on the output state (Scellier & Bengio 2017)."""
+
+    residual = True
 
     def check_target(self, target: torch.Tensor, s_out: torch.Tensor) -> torch.Tensor:
         if not torch.is_tensor(target):

@@ -18,6 +18,7 @@ do not move under small perturbations and are excluded from ``H``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -53,7 +54,9 @@ class EPConfig:
         mode: Relaxation dynamics, ``"fixed_point"`` or ``"gradient"``.
         tol: Convergence tolerance on the largest state change (0: always run the full number of steps).
         eps: Step size of the gradient dynamics.
-        warm_start: Initial state of the free phase when none is given: ``"feedforward"`` or ``"zeros"``.
+
+    The free phase starts from the net's :meth:`~eqagent.energy.LayeredEnergy.feedforward` sweep unless a warm
+    start is given.
     """
 
     beta: float = 0.5
@@ -63,17 +66,19 @@ class EPConfig:
     mode: str = "fixed_point"
     tol: float = 0.0
     eps: float = 0.5
-    warm_start: str = "feedforward"
 
     def __post_init__(self) -> None:
+        for name in ("beta", "tol", "eps"):
+            if not math.isfinite(getattr(self, name)):
+                raise ValueError(f"{name} must be finite, got {getattr(self, name)}")
         if not self.beta > 0:
             raise ValueError(f"beta must be > 0, got {self.beta}")
         if self.free_steps < 0 or self.nudged_steps < 1:
             raise ValueError(
                 f"need free_steps >= 0 and nudged_steps >= 1, got {self.free_steps}, {self.nudged_steps}"
             )
-        if self.warm_start not in ("feedforward", "zeros"):
-            raise ValueError(f"warm_start must be 'feedforward' or 'zeros', got {self.warm_start!r}")
+        if self.tol < 0 or not self.eps > 0:
+            raise ValueError(f"need tol >= 0 and eps > 0, got {self.tol}, {self.eps}")
 
 
 @dataclass
@@ -95,14 +100,6 @@ class EPStep:
     output: torch.Tensor | None = None
 
 
-def _initial_states(net: LayeredEnergy, x: torch.Tensor, warm_start: str) -> list[torch.Tensor]:
-    if warm_start == "feedforward":
-        return net.feedforward(x)
-    states = net.zero_states(x.shape[-2])
-    states[0] = net.check_layer(0, x, "input")
-    return states
-
-
 def free_phase(
     net: LayeredEnergy,
     x: torch.Tensor,
@@ -114,13 +111,13 @@ def free_phase(
     Args:
         net: The energy net.
         x: Input, ``(B, n_0)`` (or ``(M, B, n_0)`` for an ensemble).
-        config: Relaxation settings (``free_steps``, ``mode``, ``tol``, ``eps``, ``warm_start``).
+        config: Relaxation settings (``free_steps``, ``mode``, ``tol``, ``eps``).
         states: Optional warm start (e.g. the previous equilibrium); its layer 0 is replaced by ``x``.
     """
     cfg = config or EPConfig()
     x = net.check_layer(0, x, "input")
     if states is None:
-        init = _initial_states(net, x, cfg.warm_start)
+        init = net.feedforward(x)
     else:
         init = [net.check_layer(l, s, "warm-start state") for l, s in enumerate(states)]
         init[0] = x

@@ -27,11 +27,9 @@ from dataclasses import dataclass
 import torch
 
 from eqagent.costs import Cost
-from eqagent.energy import LayeredEnergy
+from eqagent.energy.base import MODES, Dynamics, LayeredEnergy
 
 __all__ = ["MODES", "RelaxResult", "RelaxationDiverged", "settle"]
-
-MODES = ("fixed_point", "gradient")
 
 
 class RelaxationDiverged(RuntimeError):
@@ -83,7 +81,6 @@ def settle(
     mode: str = "fixed_point",
     tol: float = 0.0,
     eps: float = 0.5,
-    check_every: int = 1,
     blowup: float = 1e6,
 ) -> RelaxResult:
     """Relaxes ``net`` from ``states`` (a warm start) to a minimum of ``E + β·C``.
@@ -100,8 +97,6 @@ def settle(
         mode: ``"fixed_point"`` or ``"gradient"``.
         tol: Stop when the largest state change in a step is below ``tol`` (0 disables the check).
         eps: Step size of the gradient form.
-        check_every: Convergence check period in steps (with ``tol > 0``; divergence is checked then and at
-            the end).
         blowup: Largest allowed ``|s|`` before the relaxation counts as diverged.
 
     Returns:
@@ -115,10 +110,10 @@ def settle(
         raise ValueError(f"unknown relaxation mode {mode!r}; choose one of {MODES}")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
+    if not (math.isfinite(beta) and math.isfinite(tol) and math.isfinite(eps)):
+        raise ValueError(f"beta, tol and eps must be finite, got {beta}, {tol}, {eps}")
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
-    if check_every < 1:
-        raise ValueError(f"check_every must be >= 1, got {check_every}")
     n_layers = net.num_layers
     if len(states) != n_layers:
         raise ValueError(f"expected {n_layers} state tensors, got {len(states)}")
@@ -138,6 +133,7 @@ def settle(
         if last in clamp_set:
             raise ValueError("cannot nudge a clamped output layer")
     net.check_mode(mode, free)
+    dyn = Dynamics(free=tuple(free), mode=mode, beta=float(beta), cost=cost, target=target, eps=float(eps))
     s = list(states)  # clamped layers are shared, never written; free layers are replaced, not mutated
     for l in free:
         s[l] = net.project(l, s[l])
@@ -146,21 +142,15 @@ def settle(
     residual = float("nan")
     converged = False
     t = 0
-    fused = net.relax_run(s, free, ctx, mode, beta, cost, target, steps) if tol <= 0 else None
-    if fused is not None:  # every step in one kernel launch
-        s, t = fused, steps
-    first = t + 1
-    for t in range(first, steps + 1):
-        check = tol > 0 and (t % check_every == 0 or t == steps)
-        new = net.relax_step(s, free, ctx, mode, beta, cost, target, eps)
-        if check:
+    for t in range(1, steps + 1):
+        new = net.relax_step(s, dyn, ctx)
+        if tol > 0:
             delta = max(float((new[l] - s[l]).abs().max()) for l in free)
-        s = new
-        if check:
-            _check_finite(s, free, blowup, t)
+            _check_finite(new, free, blowup, t)
             residual = delta
-            if delta < tol:
-                converged = True
-                break
+        s = new
+        if tol > 0 and residual < tol:
+            converged = True
+            break
     _check_finite(s, free, blowup, t)
     return RelaxResult(states=s, steps=t, converged=converged, residual=residual)

@@ -20,10 +20,11 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
+from gymnasium import spaces
 from torch import nn
 
 from eqagent.costs import Cost
-from eqagent.energy import EnsembleMLPEnergy
+from eqagent.energy import EnsembleMLPEnergy, propagate
 from eqagent.ep import EPConfig, ep_gradients
 from eqagent.surprise import SurpriseGate, SurpriseGateConfig
 
@@ -204,18 +205,16 @@ class WorldModelConfig:
             )
 
 
-def _space_dims(observation_space, action_space) -> tuple[int, int, bool]:
-    """Dims of Gymnasium-style spaces, duck-typed (the core does not import gymnasium)."""
-    obs_shape = getattr(observation_space, "shape", None)
-    if type(observation_space).__name__ != "Box" or obs_shape is None or len(obs_shape) != 1:
+def _space_dims(observation_space: spaces.Space, action_space: spaces.Space) -> tuple[int, int, bool]:
+    """``(obs_dim, act_dim, discrete)`` of the spaces the world model supports; ``ValueError`` naming any other."""
+    if not isinstance(observation_space, spaces.Box) or len(observation_space.shape) != 1:
         raise ValueError(f"the world model needs a 1-D Box observation space, got {observation_space}")
-    kind = type(action_space).__name__
-    if kind == "Discrete":
-        if int(getattr(action_space, "start", 0)) != 0:
+    if isinstance(action_space, spaces.Discrete):
+        if int(action_space.start) != 0:
             raise ValueError(f"Discrete action spaces must start at 0, got {action_space}")
-        return obs_shape[0], int(action_space.n), True
-    if kind == "Box" and len(action_space.shape) == 1:
-        return obs_shape[0], action_space.shape[0], False
+        return observation_space.shape[0], int(action_space.n), True
+    if isinstance(action_space, spaces.Box) and len(action_space.shape) == 1:
+        return observation_space.shape[0], action_space.shape[0], False
     raise ValueError(f"the world model needs a Discrete or 1-D Box action space, got {action_space}")
 
 
@@ -357,19 +356,19 @@ class EPWorldModel(nn.Module):
         if o.shape != (n, self.obs_dim):
             raise ValueError(f"obs must be ({self.obs_dim},) or ({n}, {self.obs_dim}), got {tuple(o.shape)}")
         m, d = self.config.members, self.obs_dim
-        act_pre, layers, out_scale, out_shift, squash = self._rollout_weights(enc)
+        act_pre, w1, rest, out_scale, out_shift, squash = self._rollout_weights(enc)
         o_mean, o_std = self.obs_norm.mean.float(), self.obs_norm.std.float()
         z = ((o - o_mean) / o_std).unsqueeze(0).expand(m, n, d).contiguous()  # (M, N, d) normalised state
         zs = torch.empty(m, n, h + 1, d)
         outs = torch.empty(h, m, n, self.out_dim)  # folded outputs: [Δz, normalised reward, term logit]
         zs[:, :, 0] = z
-        w1 = layers[0][0]
-        for t in range(h):
-            u = torch.baddbmm(act_pre[:, t], z.clamp(-10, 10), w1)  # (M, N, K1): first layer's pre-activation
-            u = squash(u)
-            for w, b in layers[1:-1]:
-                u = squash(torch.baddbmm(b, u, w))
-            torch.baddbmm(layers[-1][2], u, layers[-1][1], out=outs[t])  # (M, N, d + 2)
+        last = len(rest) + 1
+
+        def activate(l: int, pre: torch.Tensor) -> torch.Tensor:
+            return pre if l == last else squash(pre)
+
+        for t in range(h):  # one imagined step = the energy's free phase with the folded weights
+            outs[t] = propagate(z.clamp(-10, 10), [(w1, act_pre[:, t]), *rest], activate)  # (M, N, d + 2)
             z = z + outs[t, ..., :d]
             zs[:, :, t + 1] = z
         raw_dz = (outs[..., :d] - out_shift) / out_scale  # (H, M, N, d): the energy's normalised Δobs output
@@ -393,8 +392,9 @@ class EPWorldModel(nn.Module):
           ``Δz = (σ_Δ·out + μ_Δ) / σ_obs``, so the state update is one add.
 
         Returns:
-            ``act_pre``, ``layers`` (``[(W1_obs,)] + [(W_l, b_l)] + last (_, W_L, b_L)``), ``out_scale``,
-            ``out_shift`` and the hidden squashing function.
+            ``act_pre``, the first layer's observation weights ``W1_obs``, the other layers ``[(W_l, b_l)]`` (as
+            :func:`eqagent.energy.propagate` takes them), ``out_scale``, ``out_shift`` and the hidden squashing
+            function.
         """
         key = tuple(
             t._version
@@ -404,12 +404,12 @@ class EPWorldModel(nn.Module):
         cached = getattr(self, "_fold_cache", None)
         if cached is None or cached[0] != key:
             cached = self._fold_cache = (key, self._fold_weights())
-        w1a, layers, out_scale, out_shift, squash = cached[1]
+        w1a, w1, rest, out_scale, out_shift, squash = cached[1]
         n, h, a = enc.shape
         act_pre = torch.baddbmm(
             w1a[1], enc.transpose(0, 1).reshape(1, h * n, a).expand(w1a[0].shape[0], -1, -1), w1a[0]
         )
-        return act_pre.view(-1, h, n, act_pre.shape[-1]), layers, out_scale, out_shift, squash
+        return act_pre.view(-1, h, n, act_pre.shape[-1]), w1, rest, out_scale, out_shift, squash
 
     def _fold_weights(self):
         """The parts of :meth:`_rollout_weights` that depend only on the parameters and normalisers."""
@@ -423,9 +423,9 @@ class EPWorldModel(nn.Module):
             gain, a, c, squash = 1.0, 1.0, 0.0, (torch.relu if act == "relu" else torch.sigmoid)
         w1 = ws[0]  # (M, d + A, K1)
         w1a = (gain * w1[:, d:], gain * bs[0])
-        layers: list = [(gain * w1[:, :d].contiguous(),)]
+        rest: list = []
         for w, b in zip(ws[1:-1], bs[1:-1]):  # hidden → hidden: input h = a·u + c
-            layers.append((gain * a * w, gain * (b + c * w.sum(-2, keepdim=True))))
+            rest.append((gain * a * w, gain * (b + c * w.sum(-2, keepdim=True))))
         w_l, b_l = ws[-1], bs[-1]
         w_out, b_out = a * w_l, b_l + c * w_l.sum(-2, keepdim=True)
         o_std = self.obs_norm.std.float()
@@ -433,8 +433,8 @@ class EPWorldModel(nn.Module):
         out_shift = self.delta_norm.mean.float() / o_std
         w_out = torch.cat([w_out[..., :d] * out_scale, w_out[..., d:]], -1)
         b_out = torch.cat([b_out[..., :d] * out_scale + out_shift, b_out[..., d:]], -1)
-        layers.append((None, w_out.contiguous(), b_out))
-        return w1a, layers, out_scale, out_shift, squash
+        rest.append((w_out.contiguous(), b_out))
+        return w1a, gain * w1[:, :d].contiguous(), rest, out_scale, out_shift, squash
 
     # ------------------------------------------------------------------ learning
     def _targets(self, obs: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor, term: torch.Tensor):

@@ -2,7 +2,7 @@
 
 import sys
 
-from eqagent.cli import main
+from eqagent.apps.cli import main
 
 if __name__ == "__main__":
     sys.exit(main(["run", *sys.argv[1:]]))

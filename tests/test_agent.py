@@ -7,9 +7,8 @@ import numpy as np
 import pytest
 from eqagent.agents import EPAgent
 from eqagent.agents.preferences import resolve_preference
+from eqagent.apps.cli import main
 from stable_baselines3.common.evaluation import evaluate_policy
-
-from eqagent.cli import main
 
 TINY = dict(hidden=(16, 16), members=3, horizon=8, candidates=32, elites=6, iterations=2, learning_starts=30)
 

@@ -3,9 +3,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from eqagent.apps.cli import main
+from eqagent.apps.mnist import MNISTConfig, train_mnist
 
-from eqagent.classifier import MNISTConfig, train_mnist
-from eqagent.cli import main
 from eqagent.data import MNIST_FILES, default_mnist_dir, write_idx
 from tests.conftest import synthetic_digits
 
@@ -121,10 +121,10 @@ def test_relaxation_viewer_writes_gif_png_and_tensorboard(tmp_path):
 
 def test_trace_relaxation_free_energy_decreases_and_nudge_lowers_cost():
     import torch
+    from eqagent.apps.viewer import trace_relaxation
 
     from eqagent.classifier import EPClassifier
     from eqagent.ep import EPConfig
-    from eqagent.viewer import trace_relaxation
 
     torch.manual_seed(0)
     clf = EPClassifier([64, 32, 4], 4, "mse", EPConfig(beta=1.0, free_steps=10, nudged_steps=5),

@@ -3,9 +3,8 @@ import json
 import pytest
 from eqagent.agents.compare import CompareConfig, run_compare, summarize
 from eqagent.agents.zoo import ZOO, zoo_hyperparams
+from eqagent.apps.cli import main
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-from eqagent.cli import main
 
 TAGS = {"eval/mean_reward", "rollout/ep_rew_mean", "time/fps"}
 

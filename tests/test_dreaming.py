@@ -1,18 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from eqagent.apps.dream import DreamRunConfig, dream_grid, run_dream, train_judge
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from eqagent.dreaming import (
-    CodeBank,
-    DreamAutoencoder,
-    DreamerConfig,
-    DreamerNet,
-    DreamRunConfig,
-    dream_grid,
-    run_dream,
-    train_judge,
-)
+from eqagent.dreaming import CodeBank, DreamAutoencoder, DreamerConfig, DreamerNet
 from eqagent.ep import ep_gradients
 from tests.conftest import synthetic_digits
 

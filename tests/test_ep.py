@@ -1,10 +1,11 @@
 import pytest
 import torch
+from eqagent.apps.gradcheck import GradCheckConfig, make_random_problem
+from eqagent.apps.mnist import make_optimizer
 
-from eqagent.classifier import EPClassifier, make_optimizer
+from eqagent.classifier import EPClassifier
 from eqagent.costs import CrossEntropyCost, MSECost
 from eqagent.ep import EPConfig, ep_gradients, gradient_check, write_grads
-from eqagent.gradcheck import GradCheckConfig, make_random_problem
 from eqagent.relax import RelaxationDiverged
 
 TINY = GradCheckConfig(sizes=(6, 8, 8, 4), batch=6, init_gain=0.4)
@@ -72,8 +73,10 @@ def test_ep_step_writes_grads_and_rejects_bad_input(gen):
 def test_ep_config_validation():
     with pytest.raises(ValueError, match="beta must be > 0"):
         EPConfig(beta=0.0)
-    with pytest.raises(ValueError, match="warm_start"):
-        EPConfig(warm_start="random")
+    with pytest.raises(ValueError, match="finite"):
+        EPConfig(beta=float("inf"))
+    with pytest.raises(ValueError, match="tol"):
+        EPConfig(tol=-1.0)
 
 
 def test_diverging_phase_leaves_weights_untouched(gen):

@@ -44,11 +44,10 @@ def test_fused_layer_update_matches_torch(batch, n, k1, k2, members, gen):
     torch.testing.assert_close(out, _ref(const, a, w1, b, w2, -inf, inf), atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("members", [None, 4])
 @pytest.mark.parametrize("sizes", [(6, 10, 8, 4), (13, 33, 5)])
-def test_relaxation_with_triton_equals_torch(members, sizes):
+def test_relaxation_with_triton_equals_torch(sizes):
     torch.manual_seed(0)
-    net = EnergyNet(list(sizes), members=members, generator=torch.Generator().manual_seed(1))
+    net = EnergyNet(list(sizes), generator=torch.Generator().manual_seed(1))
     x = torch.rand(9, sizes[0])
     y = torch.rand(9, sizes[-1])
     results = {}
@@ -88,7 +87,7 @@ def test_auto_backend_uses_torch_on_cpu():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 def test_cuda_auto_dispatch_matches_torch():  # pragma: no cover - GPU only
-    net = EnergyNet([20, 64, 64, 7], members=5).cuda()
+    net = EnergyNet([20, 64, 64, 7]).cuda()
     x = torch.rand(256, 20, device="cuda")
     net.relax_backend = "torch"
     ref = settle(net, net.feedforward(x), steps=20).states
@@ -98,46 +97,12 @@ def test_cuda_auto_dispatch_matches_torch():  # pragma: no cover - GPU only
         torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
 
 
-@pytest.mark.parametrize(
-    "sizes,members,batch,clamped,beta",
-    [((8, 64, 64, 7), 5, 33, (0,), 0.0), ((8, 64, 64, 7), 5, 33, (0,), 0.4), ((8, 64, 64, 7), None, 1, (0, 3), 0.0),
-     ((5, 17, 3), 2, 40, (0,), -0.3), ((5, 17, 3), None, 1, (0,), 0.0), ((6, 130, 4), None, 3, (0,), 0.0)],
-)  # fmt: skip
-def test_persistent_kernel_equals_torch(sizes, members, batch, clamped, beta, monkeypatch):
-    """All T steps in one launch (world-model sizes, odd sizes, batch 1, ensembles, free / nudged / output clamped)
-    equal the torch path; nets it cannot hold on chip fall back to the per-layer kernel."""
-    net = EnergyNet(list(sizes), members=members, generator=torch.Generator().manual_seed(3))
-    lead = (batch,) if members is None else (members, batch)
-    x = torch.rand(batch, sizes[0], generator=torch.Generator().manual_seed(4))
-    init = net.feedforward(x)
-    if 3 in clamped:
-        init[3] = torch.rand(*lead, sizes[3], generator=torch.Generator().manual_seed(5))
-    kw = {}
-    if beta:
-        kw = dict(
-            beta=beta,
-            cost=MSECost(),
-            target=torch.rand(*lead, sizes[-1], generator=torch.Generator().manual_seed(6)),
-        )
-    calls = []
-    real = triton_relax.persistent_relax
-    monkeypatch.setattr(triton_relax, "persistent_relax", lambda *a, **k: calls.append(1) or real(*a, **k))
-    out = {}
-    for backend in ("torch", "triton"):
-        net.relax_backend = backend
-        out[backend] = settle(net, init, clamped=clamped, steps=15, **kw).states
-    assert len(calls) == (0 if max(sizes) > triton_relax.PERSISTENT_MAX_WIDTH else 1)
-    for a, b in zip(out["torch"], out["triton"]):
-        assert a.shape == b.shape
-        torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
-
-
 def test_relax_bench_reports_every_figure_on_cpu():
-    from eqagent.bench.relax import RelaxBenchConfig, relax_flops, run_relax_bench
+    from eqagent.apps.bench.relax import RelaxBenchConfig, relax_flops, run_relax_bench
 
     out = run_relax_bench(RelaxBenchConfig(steps=2, repeats=1, compile=False, device="cpu"))
     assert out["device"] == "cpu" and out["matmul_gflops"] > 0
-    for name, case in (("world_model", ([8, 64, 64, 7], 5, 1024)), ("mnist", ([784, 500, 10], None, 256))):
+    for name, case in (("world_model", ([8, 64, 64, 7], 5120)), ("mnist", ([784, 500, 10], 256))):
         res = out[name]
         assert res["flops"] == relax_flops(*case, 2)
         assert res["torch_eager_seconds"] > 0 and res["products_only_seconds"] > 0

@@ -1,14 +1,14 @@
 import numpy as np
 import pytest
 import torch
-
-from eqagent.bench.plasticity import (
+from eqagent.apps.bench.plasticity import (
     PlasticityBenchConfig,
     autograd_bytes,
     evaluate,
     run_plasticity_bench,
     train_pattern_net,
 )
+
 from eqagent.plasticity import PatternTask, PlasticRNN, bit_error, pattern_episode_batch
 
 SMALL = PatternTask(n=16, k=2, show_steps=4, gap_steps=2, rounds=2, query_steps=4)

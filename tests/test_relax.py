@@ -122,18 +122,17 @@ def _reference_fixed_point(net, states, clamped, steps, beta=0.0, cost=None, tar
     return s
 
 
-@pytest.mark.parametrize("members", [None, 3])
 @pytest.mark.parametrize(
     "sizes,clamped,beta",
     [((6, 10, 8, 4), (0,), 0.0), ((6, 10, 8, 4), (0,), 0.5), ((5, 7, 3), (0, 2), 0.0), ((6, 10, 8, 4), (3,), 0.0),
      ((6, 10, 8, 4), (1,), -0.3), ((9, 1), (0,), 0.0)],
 )  # fmt: skip
-def test_fixed_point_matches_the_textbook_loop(gen, members, sizes, clamped, beta):
-    """The feature-major fixed-point path equals ``clip(drive)`` layer by layer (any clamp pattern, ensembles,
-    nudged, a layer whose neighbours are all clamped, batch 1)."""
-    net = EnergyNet(list(sizes), members=members, generator=gen, dtype=torch.float64)
+def test_fixed_point_matches_the_textbook_loop(gen, sizes, clamped, beta):
+    """The feature-major fixed-point path equals ``clip(drive)`` layer by layer (any clamp pattern, nudged, a
+    layer whose neighbours are all clamped, batch 1)."""
+    net = EnergyNet(list(sizes), generator=gen, dtype=torch.float64)
     batch = 1 if sizes == (9, 1) else 5
-    lead = (batch,) if members is None else (members, batch)
+    lead = (batch,)
     states = [torch.rand(*lead, n, generator=gen, dtype=torch.float64) * 1.4 - 0.2 for n in sizes]
     cost = MSECost() if beta else None
     target = torch.rand(*lead, sizes[-1], generator=gen, dtype=torch.float64) if beta else None

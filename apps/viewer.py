@@ -75,7 +75,7 @@ def _as_image(v: np.ndarray) -> np.ndarray:
 
 def render_relaxation(frames: list[dict], out_prefix: str | Path, logger=None, strip_frames: int = 8) -> dict:
     """Writes ``{out_prefix}.gif`` (every step) and ``{out_prefix}.png`` (a strip of ``strip_frames`` steps);
-    with a :class:`eqagent.logging.Logger`, also TensorBoard images ``relaxation/step`` (one per step).
+    with a :class:`eqagent.apps.logging.Logger`, also TensorBoard images ``relaxation/step`` (one per step).
 
     Returns:
         The paths written.

@@ -1,9 +1,11 @@
 """``eqagent bench relax``: seconds per relaxation and effective GFLOP/s, against a plain-matmul roofline.
 
-Two sizes: (a) world model — batch 1024, ensemble 5, 8-64-64-7, T = 20; (b) MNIST — batch 256, 784-500-10,
-T = 20. Free phase, input clamped, fixed-point form, no convergence checks. Backends: torch eager (the engine's
-:func:`eqagent.relax.settle`), ``torch.compile`` of the same loop, and Triton when CUDA is present (the engine's
-dispatch: the persistent all-steps kernel for (a), the fused per-layer step for (b)).
+Hopfield nets (:class:`eqagent.energy.EnergyNet`), free phase, input clamped, fixed-point form, T = 20, no
+convergence checks: (a) world-model size — 8-64-64-7, batch 5,120 (what a 5-member ensemble of batch 1,024 computes);
+(b) MNIST — 784-500-10, batch 256; and, on CUDA, (c) MNIST batch 4,096 and (d) a wide 784-2048-2048-10 net, batch
+1,024. Backends: torch eager (the engine's :func:`eqagent.relax.settle`), ``torch.compile`` of the engine's own
+step (:meth:`~eqagent.energy.LayeredEnergy.relax_step` in a loop), and Triton when CUDA is present (the engine's
+dispatch: the fused per-layer step).
 FLOPs count the matmuls only: the clamped input's drive once, then every free-free coupling at every step.
 The roofline is the device's plain ``matmul`` throughput measured in the same run; ``cpu_ratio_to_matmul`` is the
 worse of (a) and (b) of eager time / (FLOPs / matmul throughput). ``products_only_seconds`` times the relaxation's
@@ -20,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from eqagent.energy import EnergyNet
+from eqagent.energy import Dynamics, EnergyNet
 from eqagent.relax import settle
 
 __all__ = ["RelaxBenchConfig", "relax_flops", "run_relax_bench"]
@@ -46,16 +48,19 @@ class RelaxBenchConfig:
 
 
 CASES = {
-    "world_model": {"sizes": [8, 64, 64, 7], "members": 5, "batch": 1024},
-    "mnist": {"sizes": [784, 500, 10], "members": None, "batch": 256},
+    "world_model": {"sizes": [8, 64, 64, 7], "batch": 5120},
+    "mnist": {"sizes": [784, 500, 10], "batch": 256},
+}
+CUDA_CASES = {
+    "mnist_4096": {"sizes": [784, 500, 10], "batch": 4096},
+    "wide": {"sizes": [784, 2048, 2048, 10], "batch": 1024},
 }
 
 
-def relax_flops(sizes: list[int], members: int | None, batch: int, steps: int) -> int:
+def relax_flops(sizes: list[int], batch: int, steps: int) -> int:
     """Matmul FLOPs of a free relaxation with layer 0 clamped (see the module docstring)."""
-    mb = (members or 1) * batch
-    flops = 2 * mb * sizes[0] * sizes[1]
-    per_step = sum(2 * mb * sizes[l] * sizes[l + 1] * 2 for l in range(1, len(sizes) - 1))
+    flops = 2 * batch * sizes[0] * sizes[1]
+    per_step = sum(2 * batch * sizes[l] * sizes[l + 1] * 2 for l in range(1, len(sizes) - 1))
     return flops + steps * per_step
 
 
@@ -79,22 +84,14 @@ def _matmul_gflops(device: torch.device, sync, repeats: int) -> float:
 
 
 def _compiled_relax(net: EnergyNet, steps: int):
-    """The fixed-point loop in plain torch (clipping activations, input clamped) for ``torch.compile``."""
-    ws = [w.detach() for w in net.weights]
-    bs = [b.detach() for b in net.biases]
-    acts = net.activations
-    n = len(ws) + 1
+    """``torch.compile`` of the engine's own free relaxation: ``steps`` calls of ``net.relax_step``."""
+    dyn = Dynamics(free=tuple(range(1, net.num_layers)))
 
-    def run(x: torch.Tensor, init: list[torch.Tensor]) -> list[torch.Tensor]:
-        s = [x, *init]
-        const1 = bs[1].unsqueeze(-2) + x @ ws[0]
-        order = [l for l in range(1, n) if l % 2 == 1] + [l for l in range(1, n) if l % 2 == 0]
+    def run(init: list[torch.Tensor]) -> list[torch.Tensor]:
+        ctx = net.relax_context(init, {0})
+        s = list(init)
         for _ in range(steps):
-            for l in order:
-                d = const1 if l == 1 else bs[l].unsqueeze(-2) + s[l - 1] @ ws[l - 1]
-                if l < n - 1:
-                    d = d + s[l + 1] @ ws[l].transpose(-1, -2)
-                s[l] = d.clamp(acts[l].low, acts[l].high)
+            s = net.relax_step(s, dyn, ctx)
         return s
 
     return torch.compile(run)
@@ -103,12 +100,11 @@ def _compiled_relax(net: EnergyNet, steps: int):
 def _products_seconds(case: dict, steps: int, device: torch.device, sync, repeats: int) -> float:
     """Time of the relaxation's matrix products alone (see the module docstring), feature-major shapes."""
     sizes, batch = case["sizes"], case["batch"]
-    lead = (case["members"],) if case["members"] else ()
 
     def mats(rows: int, cols: int) -> torch.Tensor:
-        return torch.rand(*lead, rows, cols, device=device)
+        return torch.rand(rows, cols, device=device)
 
-    drive = (mats(sizes[1], sizes[0]), mats(sizes[0], batch))  # W_0ᵀ x_ᵀ: (…, n_1, B)
+    drive = (mats(sizes[1], sizes[0]), mats(sizes[0], batch))  # W_0ᵀ x_ᵀ: (n_1, B)
     pairs = []
     for l in range(1, len(sizes) - 1):
         pairs.append((mats(sizes[l], sizes[l + 1]), mats(sizes[l + 1], batch)))  # top-down into layer l
@@ -132,20 +128,19 @@ def run_relax_bench(cfg: RelaxBenchConfig) -> dict:
     gflops_mm = _matmul_gflops(dev, sync, cfg.repeats)
     out: dict = {"device": str(dev), "matmul_gflops": gflops_mm, "steps": cfg.steps}
     ratios = []
-    for name, case in CASES.items():
-        net = EnergyNet(
-            case["sizes"], members=case["members"], generator=torch.Generator().manual_seed(0)
-        ).to(dev)
+    cases = {**CASES, **(CUDA_CASES if dev.type == "cuda" else {})}
+    for name, case in cases.items():
+        net = EnergyNet(case["sizes"], generator=torch.Generator().manual_seed(0)).to(dev)
         x = torch.rand(case["batch"], case["sizes"][0], device=dev)
         init = net.feedforward(x)
-        flops = relax_flops(case["sizes"], case["members"], case["batch"], cfg.steps)
+        flops = relax_flops(case["sizes"], case["batch"], cfg.steps)
         res = {"flops": flops, "matmul_roofline_seconds": flops / (gflops_mm * 1e9)}
         net.relax_backend = "torch"
         t = _time(lambda: settle(net, init, steps=cfg.steps), cfg.repeats, sync)  # noqa: B023
         res["torch_eager_seconds"] = t
         res["torch_eager_gflops"] = flops / t / 1e9
         res["ratio_to_matmul"] = t / res["matmul_roofline_seconds"]
-        if dev.type == "cpu":
+        if dev.type == "cpu" and name in CASES:
             ratios.append(res["ratio_to_matmul"])
         t = _products_seconds(case, cfg.steps, dev, sync, cfg.repeats)
         res["products_only_seconds"] = t
@@ -153,7 +148,7 @@ def run_relax_bench(cfg: RelaxBenchConfig) -> dict:
         if cfg.compile:
             try:
                 fn = _compiled_relax(net, cfg.steps)
-                t = _time(lambda: fn(x, [s.clone() for s in init[1:]]), cfg.repeats, sync)  # noqa: B023
+                t = _time(lambda: fn(init), cfg.repeats, sync)  # noqa: B023
                 res["torch_compile_seconds"] = t
                 res["torch_compile_gflops"] = flops / t / 1e9
             except Exception as e:

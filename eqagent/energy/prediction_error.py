@@ -1,0 +1,390 @@
+"""The layer-wise prediction-error energy ``E(s) = Σ_l ½‖s_l − f_l(s_{l−1})‖²`` (Whittington & Bogacz 2017;
+Millidge et al. 2022): its free equilibrium *is* the feed-forward pass.
+
+:func:`propagate` is the family's one forward computation. The free phase of EP (:meth:`feedforward`), the
+differentiable forward of the backprop baselines (:meth:`EnsembleMLPEnergy.forward`), the terminal value and the
+world model's imagined rollouts (with weights rewritten by :meth:`eqagent.world_model.EPWorldModel.imagine`) all
+call it; only the nudged relaxation steps evaluate ``f_l`` at states off the forward pass.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+from eqagent.energy.base import Dynamics, LayeredEnergy
+
+__all__ = ["EnsembleMLPEnergy", "PredictionErrorEnergy", "SequentialEnergy", "propagate"]
+
+_ELEMENTWISE = (nn.ReLU, nn.Tanh, nn.Sigmoid, nn.Hardtanh, nn.Identity)
+_SUPPORTED = "Linear, Flatten, ReLU, Tanh, Sigmoid, Hardtanh, Identity"
+
+Layer = tuple[torch.Tensor, "torch.Tensor | None"]
+
+
+def affine(h: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
+    """``h A + b`` in one kernel: ``baddbmm`` for ensembles ``(M, B, n)``, ``addmm`` for single nets."""
+    if b is None:
+        return h @ a
+    if h.dim() == 3 and a.dim() == 3:
+        return torch.baddbmm(b, h, a)
+    if h.dim() == 2 and a.dim() == 2:
+        return torch.addmm(b, h, a)
+    return torch.matmul(h, a) + b
+
+
+def propagate(
+    h: torch.Tensor,
+    layers: Sequence[Layer],
+    activate: Callable[[int, torch.Tensor], torch.Tensor],
+    keep: bool = False,
+) -> torch.Tensor | list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """The family's forward computation: ``h_l = act_l(h_{l−1} A_l + b_l)`` for ``l = 1 … L``.
+
+    Args:
+        h: Input ``([M,] B, n_0)``.
+        layers: ``(A_l, b_l)`` per layer: ``A_l`` ``([M,] n_{l−1}, n_l)``, ``b_l`` broadcastable to the
+            pre-activation (``([M,] 1, n_l)``, or one row per sample) or ``None``.
+        activate: ``activate(l, pre) → h_l``.
+        keep: Return ``(h_l, pre_l)`` for every layer (``(input, None)`` first) instead of the output only.
+    """
+    kept: list[tuple[torch.Tensor, torch.Tensor | None]] = [(h, None)]
+    for l, (a, b) in enumerate(layers, 1):
+        pre = affine(h, a, b)
+        h = activate(l, pre)
+        if keep:
+            kept.append((h, pre))
+    return kept if keep else h
+
+
+def _act_and_prime(mods: Sequence[nn.Module], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Applies a chain of elementwise activations to ``z``; returns the output and the chain's derivative."""
+    d = torch.ones_like(z)
+    for m in mods:
+        if isinstance(m, nn.ReLU):
+            d = d * (z > 0).to(z.dtype)
+            z = torch.relu(z)
+        elif isinstance(m, nn.Tanh):
+            z = torch.tanh(z)
+            d = d * (1 - z * z)
+        elif isinstance(m, nn.Sigmoid):
+            z = torch.sigmoid(z)
+            d = d * z * (1 - z)
+        elif isinstance(m, nn.Hardtanh):
+            d = d * ((z > m.min_val) & (z < m.max_val)).to(z.dtype)
+            z = z.clamp(m.min_val, m.max_val)
+    return z, d
+
+
+class PredictionErrorEnergy(LayeredEnergy):
+    """Base of the layer-wise prediction-error energies ``E(s) = Σ_l ½‖s_l − f_l(s_{l−1})‖²``.
+
+    ``f_l(s) = act_l(s A_l + b_l)`` with ``A_l`` of shape ``([M,] n_{l−1}, n_l)``. The free equilibrium (input
+    clamped, ``β = 0``) is exactly the feed-forward pass: the free phase costs one pass and only the nudged
+    phases relax. Subclasses provide ``sizes``, ``check_layer`` and the four layer accessors
+    ``_in_out(l)`` (``A_l``), ``_bias(l)`` (``b_l`` or ``None``), ``_activate(l, pre)`` (output and derivative)
+    and ``_param_grads(l, g_in_out, g_bias)`` (map gradients of ``A_l``/``b_l`` to the real parameters).
+
+    Dynamics of ``F = E + βC`` (input clamped):
+
+    * ``"fixed_point"`` — from the current states, the top-down error messages ``ẽ_L = −β ∂C/∂s_L``,
+      ``ẽ_l = J_{l+1}(s_l)ᵀ ẽ_{l+1}`` (each layer hears only its upper neighbour, through the same weights), then
+      the bottom-up states ``s_l = f_l(s_{l−1}) + ẽ_l``. Its fixed points are exactly the stationary points of
+      ``F`` (``e_L = −β∂C/∂s_L``, ``e_l = J_{l+1}ᵀe_{l+1}``) and it contracts fast for small β.
+    * ``"gradient"`` — ``s_l ← s_l − ε[(s_l − f_l) − J_{l+1}ᵀ(s_{l+1} − f_{l+1}) + β∂C/∂s_L]``.
+
+    The local rule: ``∂E/∂A_l = −mean_b s_{l−1}ᵀ(e_l ⊙ f_l')``, ``∂E/∂b_l = −mean_b e_l ⊙ f_l'``.
+    """
+
+    sizes: list[int]
+
+    def _in_out(self, l: int) -> torch.Tensor:
+        raise NotImplementedError
+
+    def _bias(self, l: int) -> torch.Tensor | None:
+        raise NotImplementedError
+
+    def _activate(self, l: int, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def _param_grads(
+        self, l: int, g_in_out: torch.Tensor, g_bias: torch.Tensor
+    ) -> dict[nn.Parameter, torch.Tensor]:
+        raise NotImplementedError
+
+    def layers(self) -> list[Layer]:
+        """``(A_l, b_l)`` for ``l = 1 … L`` in the form :func:`propagate` takes."""
+        out = []
+        for l in range(1, self.num_layers):
+            b = self._bias(l)
+            out.append((self._in_out(l), None if b is None else b.unsqueeze(-2)))
+        return out
+
+    def _act_value(self, l: int, pre: torch.Tensor) -> torch.Tensor:
+        return self._activate(l, pre)[0]
+
+    def _f(self, l: int, below: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f_l(s_{l−1})`` and its activation derivative at the pre-activation."""
+        b = self._bias(l)
+        return self._activate(l, affine(below, self._in_out(l), None if b is None else b.unsqueeze(-2)))
+
+    def _f1_key(self, s0: torch.Tensor) -> tuple:
+        a, b = self._in_out(1), self._bias(1)
+        return (id(s0), s0._version, id(a), a._version, None if b is None else b._version)
+
+    def _f1(self, s0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``f_1(s_0)`` and its derivative, from the first layer's pre-activation kept for the same input tensor
+        and unchanged first-layer parameters (by :meth:`feedforward` or an earlier call).
+
+        The input is clamped in every phase of an EP step, so the first layer's matmul is done once per step.
+        """
+        key = self._f1_key(s0)
+        cached = getattr(self, "_f1_cache", None)
+        if cached is None or cached[0] != key or cached[1] is not s0:
+            b = self._bias(1)
+            cached = self._f1_cache = (
+                key,
+                s0,
+                affine(s0, self._in_out(1), None if b is None else b.unsqueeze(-2)),
+            )
+        return self._activate(1, cached[2])
+
+    def _fl(self, l: int, states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._f1(states[0]) if l == 1 else self._f(l, states[l - 1])
+
+    @torch.no_grad()
+    def feedforward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The free equilibrium: :func:`propagate` from the clamped input (every layer's state)."""
+        s0 = self.check_layer(0, x, "input")
+        kept = propagate(s0, self.layers(), self._act_value, keep=True)
+        self._f1_cache = (self._f1_key(s0), s0, kept[1][1])
+        return [h for h, _ in kept]
+
+    def errors(self, states: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+        """Prediction errors ``e_l = s_l − f_l(s_{l−1})`` and derivatives ``f_l'`` (index 0 unused)."""
+        es, ds = [torch.zeros(0)], [torch.zeros(0)]
+        for l in range(1, self.num_layers):
+            f, d = self._fl(l, states)
+            es.append(states[l] - f)
+            ds.append(d)
+        return es, ds
+
+    def energy(self, states: Sequence[torch.Tensor]) -> torch.Tensor:
+        es, _ = self.errors(states)
+        return sum(0.5 * (e**2).sum(-1) for e in es[1:])
+
+    def check_mode(self, mode: str, free: Sequence[int]) -> None:
+        super().check_mode(mode, free)
+        if list(free) != list(range(1, self.num_layers)):
+            raise ValueError(f"{type(self).__name__} relaxes with exactly the input layer clamped")
+
+    def relax_context(self, states: Sequence[torch.Tensor], clamped: set[int]) -> dict:
+        return {"f1": self._f1(states[0])}  # the input is clamped: f_1(s_0) is constant
+
+    def relax_step(self, states: Sequence[torch.Tensor], dyn: Dynamics, ctx: dict) -> list[torch.Tensor]:
+        L = self.num_layers - 1
+        fs = [None, ctx["f1"]] + [self._f(l, states[l - 1]) for l in range(2, L + 1)]
+        s = list(states)
+        if dyn.mode == "fixed_point":
+            msg = [None] * (L + 1)
+            msg[L] = -dyn.nudge(states[L]) if dyn.nudged else torch.zeros_like(states[L])
+            for l in range(L - 1, 0, -1):
+                msg[l] = (msg[l + 1] * fs[l + 1][1]) @ self._in_out(l + 1).transpose(-1, -2)
+            s[1] = fs[1][0] + msg[1]
+            for l in range(2, L + 1):
+                s[l] = self._f(l, s[l - 1])[0] + msg[l]
+            return s
+        es = [None] + [states[l] - fs[l][0] for l in range(1, L + 1)]
+        for l in range(1, L + 1):
+            g = es[l]
+            if l < L:
+                g = g - (es[l + 1] * fs[l + 1][1]) @ self._in_out(l + 1).transpose(-1, -2)
+            elif dyn.nudged:
+                g = g + dyn.nudge(states[L])
+            s[l] = states[l] - dyn.eps * g
+        return s
+
+    def energy_param_grad_diff(
+        self, a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]
+    ) -> dict[nn.Parameter, torch.Tensor]:
+        batch = a[0].shape[-2]
+        ea, da = self.errors(a)
+        eb, db = ea, da
+        if any(x is not y for x, y in zip(a, b)):
+            eb, db = self.errors(b)
+        out: dict[nn.Parameter, torch.Tensor] = {}
+        for l in range(1, self.num_layers):
+            ga, gb = ea[l] * da[l], eb[l] * db[l]
+            if a[l - 1] is b[l - 1]:
+                gw = a[l - 1].transpose(-1, -2) @ (ga - gb)
+            else:
+                gw = a[l - 1].transpose(-1, -2) @ ga - b[l - 1].transpose(-1, -2) @ gb
+            out.update(self._param_grads(l, -gw / batch, -(ga - gb).mean(-2)))
+        return out
+
+
+class SequentialEnergy(PredictionErrorEnergy):
+    """The prediction-error energy of an ``nn.Sequential`` (see :class:`PredictionErrorEnergy`).
+
+    ``f_l`` is the model's ``l``-th ``Linear`` followed by its elementwise activations; leading ``Flatten`` modules
+    turn the input into ``s_0``. The free equilibrium is the forward pass, so ``model(x)`` is what EP trains.
+    Supported modules: Linear, Flatten, ReLU, Tanh, Sigmoid, Hardtanh, Identity; anything else raises
+    ``ValueError`` naming the module.
+    """
+
+    def __init__(self, model: nn.Sequential) -> None:
+        super().__init__()
+        if not isinstance(model, nn.Sequential):
+            raise TypeError(f"SequentialEnergy needs an nn.Sequential, got {type(model).__name__}")
+        self.model = model
+        self.prefix: list[nn.Module] = []
+        self.linears: list[nn.Linear] = []
+        self.acts: list[list[nn.Module]] = []
+        for name, m in model.named_children():
+            if isinstance(m, nn.Flatten):
+                if self.linears:
+                    continue  # a Flatten after the first Linear sees 2-D states: a no-op
+                self.prefix.append(m)
+            elif isinstance(m, nn.Linear):
+                self.linears.append(m)
+                self.acts.append([])
+            elif isinstance(m, _ELEMENTWISE):
+                if not self.linears:
+                    raise ValueError(
+                        f"module {name} ({type(m).__name__}) before the first Linear is not supported"
+                    )
+                self.acts[-1].append(m)
+            else:
+                raise ValueError(
+                    f"module {name} ({type(m).__name__}) is not supported by the EP energy; supported: {_SUPPORTED}"
+                )
+        if not self.linears:
+            raise ValueError("the model has no Linear layer to train")
+        self.sizes = [self.linears[0].in_features] + [lin.out_features for lin in self.linears]
+        for i, (lin, n_in) in enumerate(zip(self.linears, self.sizes[:-1])):
+            if lin.in_features != n_in:
+                raise ValueError(
+                    f"Linear {i} expects {lin.in_features} inputs but the layer below has {n_in}"
+                )
+
+    def check_layer(self, l: int, value: torch.Tensor, what: str = "state") -> torch.Tensor:
+        p = self.linears[0].weight
+        value = torch.as_tensor(value).to(device=p.device, dtype=p.dtype)
+        if l == 0:
+            for m in self.prefix:
+                value = m(value)
+        if value.dim() == 1:
+            value = value.unsqueeze(0)
+        if value.dim() != 2 or value.shape[-1] != self.sizes[l]:
+            raise ValueError(
+                f"{what} for layer {l} must be (B, {self.sizes[l]}) after the model's Flatten, got {tuple(value.shape)}"
+            )
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{what} for layer {l} contains NaN or inf")
+        return value
+
+    def _in_out(self, l: int) -> torch.Tensor:
+        return self.linears[l - 1].weight.T
+
+    def _bias(self, l: int) -> torch.Tensor | None:
+        return self.linears[l - 1].bias
+
+    def _activate(self, l: int, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return _act_and_prime(self.acts[l - 1], pre)
+
+    def _param_grads(self, l, g_in_out, g_bias):
+        lin = self.linears[l - 1]
+        out = {lin.weight: g_in_out.T}
+        if lin.bias is not None:
+            out[lin.bias] = g_bias
+        return out
+
+
+class EnsembleMLPEnergy(PredictionErrorEnergy):
+    """An ensemble of ``M`` MLPs as one batched prediction-error energy (weights ``(M, n_in, n_out)``).
+
+    Hidden layers use ``activation`` (``tanh``, ``relu`` or ``sigmoid``); the output is linear.
+    States are ``(M, B, n_l)``; an input ``(B, n_0)`` is shared by all members, ``(M, B, n_0)`` gives each
+    member its own batch (bootstrapped training).
+
+    Args:
+        sizes: Layer sizes, input first.
+        members: Ensemble size ``M``.
+        activation: Hidden activation.
+        generator: Generator for a reproducible initialisation (PyTorch's ``Linear`` default scale).
+    """
+
+    _ACTS: ClassVar[dict] = {"tanh": nn.Tanh, "relu": nn.ReLU, "sigmoid": nn.Sigmoid}
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        members: int = 5,
+        activation: str = "tanh",
+        generator: torch.Generator | None = None,
+        dtype: torch.dtype = torch.float32,
+        device: torch.device | str | None = None,
+    ) -> None:
+        super().__init__()
+        sizes = [int(n) for n in sizes]
+        if len(sizes) < 2 or any(n <= 0 for n in sizes):
+            raise ValueError(f"sizes must list at least 2 positive layer sizes, got {sizes}")
+        if members < 1:
+            raise ValueError(f"members must be >= 1, got {members}")
+        if activation not in self._ACTS:
+            raise ValueError(f"unknown activation {activation!r}; choose one of {sorted(self._ACTS)}")
+        self.sizes, self.members, self.activation = sizes, int(members), activation
+        self._act = [self._ACTS[activation]()]
+        self.weights = nn.ParameterList()
+        self.biases = nn.ParameterList()
+        for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+            bound = 1.0 / math.sqrt(n_in)
+            w = (torch.rand(members, n_in, n_out, generator=generator, dtype=dtype) * 2 - 1) * bound
+            b = (torch.rand(members, n_out, generator=generator, dtype=dtype) * 2 - 1) * bound
+            self.weights.append(nn.Parameter(w.to(device)))
+            self.biases.append(nn.Parameter(b.to(device)))
+
+    def check_layer(self, l: int, value: torch.Tensor, what: str = "state") -> torch.Tensor:
+        p = self.weights[0]
+        value = torch.as_tensor(value).to(device=p.device, dtype=p.dtype)
+        n = self.sizes[l]
+        if value.dim() == 1:
+            value = value.unsqueeze(0)
+        if value.dim() == 2:
+            value = value.unsqueeze(0).expand(self.members, *value.shape)
+        if value.dim() != 3 or value.shape[0] != self.members or value.shape[-1] != n:
+            raise ValueError(
+                f"{what} for layer {l} must be (B, {n}) or ({self.members}, B, {n}), got {tuple(value.shape)}"
+            )
+        if not torch.isfinite(value).all():
+            raise ValueError(f"{what} for layer {l} contains NaN or inf")
+        return value
+
+    def _in_out(self, l: int) -> torch.Tensor:
+        return self.weights[l - 1]
+
+    def _bias(self, l: int) -> torch.Tensor | None:
+        return self.biases[l - 1]
+
+    def _activate(self, l: int, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if l == self.num_layers - 1:
+            return pre, torch.ones_like(pre)
+        return _act_and_prime(self._act, pre)
+
+    def _param_grads(self, l, g_in_out, g_bias):
+        return {self.weights[l - 1]: g_in_out, self.biases[l - 1]: g_bias}
+
+    def _act_value(self, l: int, pre: torch.Tensor) -> torch.Tensor:
+        return pre if l == self.num_layers - 1 else self._act[0](pre)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Output of every member (the free equilibrium's last layer), ``(M, B, n_L)``; differentiable.
+
+        :func:`propagate` without the activation derivatives that relaxation needs (what the backprop baseline
+        trains and the terminal value plans with).
+        """
+        return propagate(self.check_layer(0, x, "input"), self.layers(), self._act_value)
