@@ -1,5 +1,7 @@
-"""Agents of eqagent (installed as ``eqagent.agents``): :class:`EPAgent` and env-driven benchmarks."""
+"""Agents of eqagent (installed as ``eqagent.agents``): :class:`EPAgent`, its config, the evaluation protocol,
+and the RL applications (``eqagent run``, ``compare``, the world-model and replay benchmarks)."""
 
-from eqagent.agents.ep_agent import PRESETS, EPAgent, EPAgentConfig
+from eqagent.agents.config import PRESETS, EPAgentConfig
+from eqagent.agents.ep_agent import EPAgent
 
 __all__ = ["PRESETS", "EPAgent", "EPAgentConfig"]

@@ -1,14 +1,16 @@
 """``eqagent compare``: the EP agent side by side with Stable-Baselines3 on one env, one protocol for all.
 
 Every algorithm trains on the same seeds and step budget (SB3 with the rl-baselines3-zoo settings of
-:mod:`eqagent.agents.zoo`, the EP agent with its preset) and is evaluated the same way, EvalCallback-style: every
-``eval_every`` env steps, ``eval_episodes`` deterministic episodes on a separate Monitor-wrapped env
-(:func:`stable_baselines3.common.evaluation.evaluate_policy`). Runs go to worker processes (one torch thread each).
+:mod:`eqagent.agents.zoo`, the EP agent with its defaults) and is evaluated the same way, by SB3's
+``EvalCallback`` (:class:`~eqagent.agents.evaluation.EvalHistoryCallback`): before training, then every
+``eval_freq`` env steps, ``n_eval_episodes`` deterministic episodes on a separate Monitor-wrapped env. Steps to
+the threshold count only evaluations after the algorithm's first learning update; the pre-learning score is
+reported apart. Runs go to worker processes (one torch thread each).
 
 Outputs in ``out``: ``evaluations_{env}.csv`` (every evaluation), ``summary_{env}.md`` (one table row per algorithm),
 ``curves_{env}.png`` (mean and min–max band over seeds vs env steps, threshold line) and ``summary_{env}.json``;
 TensorBoard runs ``{env}__{algo}__{seed}__{time}_1`` under ``logdir`` with the same tags for every algorithm
-(``eval/mean_reward``, ``rollout/ep_rew_mean``, ``rollout/ep_len_mean``, ``time/fps``).
+(``eval/mean_reward``, ``eval/mean_ep_length``, ``rollout/ep_rew_mean``, ``rollout/ep_len_mean``, ``time/fps``).
 """
 
 from __future__ import annotations
@@ -19,15 +21,20 @@ import math
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 
 import eqagent.envs  # noqa: F401  (registers eqagent ids)
 import gymnasium as gym
 import numpy as np
-from eqagent.agents.run import reward_threshold
+from eqagent.agents.envs import check_env_id
+from eqagent.agents.ep_agent import EPAgent
+from eqagent.agents.evaluation import EvalHistoryCallback
+from eqagent.agents.evaluation import summarize as summarize_evals
+from eqagent.agents.run import make_eval_env, reward_threshold
 from eqagent.agents.zoo import ZOO, zoo_hyperparams
+from stable_baselines3.common.callbacks import BaseCallback
 
 __all__ = ["CompareConfig", "run_compare", "summarize"]
 
@@ -45,9 +52,9 @@ class CompareConfig:
         seeds: Number of seeds (0 … seeds − 1).
         total_timesteps: Env steps per run (every algorithm).
         budgets: Per-algorithm overrides of ``total_timesteps``, ``algo=N`` comma-separated (e.g. ``ep=3000``).
-        eval_every: Evaluation period in env steps.
-        eval_episodes: Deterministic episodes per evaluation.
-        logdir: Root of the TensorBoard runs (empty: none).
+        eval_freq: Evaluation period in env steps (also ``--eval-every``).
+        n_eval_episodes: Deterministic episodes per evaluation (also ``--eval-episodes``).
+        tensorboard_log: Root of the TensorBoard runs (empty: none; also ``--logdir``).
         out: Directory of the CSV, markdown, PNG and JSON outputs.
         workers: Parallel processes (0: one per CPU core).
         progress_bar: A progress bar per run.
@@ -58,16 +65,16 @@ class CompareConfig:
     seeds: int = 3
     total_timesteps: int = 10000
     budgets: str = ""
-    eval_every: int = 1000
-    eval_episodes: int = 10
-    logdir: str = "runs"
+    eval_freq: int = field(default=1000, metadata={"aliases": ("--eval-every",)})
+    n_eval_episodes: int = field(default=10, metadata={"aliases": ("--eval-episodes",)})
+    tensorboard_log: str = field(default="runs", metadata={"aliases": ("--logdir",)})
     out: str = "compare"
     workers: int = 0
     progress_bar: bool = True
 
     def __post_init__(self) -> None:
-        if self.seeds < 1 or self.total_timesteps < 1 or self.eval_every < 1 or self.eval_episodes < 1:
-            raise ValueError("seeds, total_timesteps, eval_every and eval_episodes must be >= 1")
+        if self.seeds < 1 or self.total_timesteps < 1 or self.eval_freq < 1 or self.n_eval_episodes < 1:
+            raise ValueError("seeds, total_timesteps, eval_freq and n_eval_episodes must be >= 1")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
 
@@ -136,106 +143,52 @@ def _make_sb3(algo: str, env_id: str, seed: int, tensorboard_log: str | None = N
     return model, eval_env
 
 
-def _summary_of_evals(evals: list[dict], threshold: float | None, budget: int) -> dict:
-    steps = [e["step"] for e in evals]
-    hits = [threshold is not None and e["mean"] >= threshold for e in evals]
-    first = next((s for s, h in zip(steps, hits) if h), None)
-    held = None
-    for i in range(2, len(hits)):
-        if hits[i] and hits[i - 1] and hits[i - 2]:
-            held = steps[i]
-            break
-    final = evals[-1] if evals else {"mean": math.nan, "std": math.nan}
-    return {"steps_to_threshold": first, "steps_to_threshold_3": held, "final_mean": final["mean"],
-            "final_std": final["std"], "budget": budget}  # fmt: skip
-
-
 def run_one(algo: str, env_id: str, seed: int, budget: int, cfg: dict, position: int = 0) -> dict:
-    """Trains one algorithm for one seed with periodic evaluation; returns its evaluations and timings."""
+    """Trains one algorithm for one seed with the evaluation protocol of
+    :class:`~eqagent.agents.evaluation.EvalHistoryCallback`; returns its evaluations, timings and figures."""
     import torch
-    from stable_baselines3.common.evaluation import evaluate_policy
 
     torch.set_num_threads(1)
     c = CompareConfig(**cfg)
     name = f"{_slug(env_id)}__{algo}__{seed}__{int(time.time())}"
-    threshold = reward_threshold(env_id)
-    evals: list[dict] = []
-    eval_seconds = [0.0]
     t_start = time.perf_counter()
-    bar = None
+    if algo == "ep":
+        model = EPAgent(env_id, tensorboard_log=c.tensorboard_log or None, seed=seed)
+        eval_env = make_eval_env(env_id, seed)
+    else:
+        model, eval_env = _make_sb3(algo, env_id, seed, c.tensorboard_log or None)
+    eval_cb = EvalHistoryCallback(eval_env, c.eval_freq, c.n_eval_episodes, budget=budget)
+    callbacks: list = [eval_cb]
     if c.progress_bar:
+        callbacks.append(_PositionedBar(budget, f"{algo} seed {seed}", position))
+    model.learn(budget, callback=callbacks, tb_log_name=name)
+    wall = time.perf_counter() - t_start
+    train_seconds = max(wall - eval_cb.eval_seconds, 1e-9)
+    run_dir = model.logger.get_dir()
+    return {"algo": algo, "env": env_id, "seed": seed, "evaluations": eval_cb.history, "wall_seconds": wall,
+            "train_seconds": train_seconds, "env_steps_per_second": model.num_timesteps / train_seconds,
+            "budget": budget, "run_dir": run_dir,
+            **summarize_evals(eval_cb.history, reward_threshold(env_id))}  # fmt: skip
+
+
+class _PositionedBar(BaseCallback):
+    """One tqdm bar per parallel run (``position`` keeps them on separate lines)."""
+
+    def __init__(self, total: int, desc: str, position: int) -> None:
+        super().__init__()
+        self.total, self.desc, self.position, self.pbar = total, desc, position, None
+
+    def _on_training_start(self) -> None:
         from tqdm import tqdm
 
-        bar = tqdm(total=budget, desc=f"{algo} seed {seed}", position=position, leave=True)
+        self.pbar = tqdm(total=self.total, desc=self.desc, position=self.position, leave=True)
 
-    def evaluate(model, eval_env, step: int, logger) -> None:
-        t0 = time.perf_counter()
-        if hasattr(eval_env, "obs_rms") and hasattr(model, "get_vec_normalize_env"):
-            from stable_baselines3.common.vec_env import sync_envs_normalization
+    def _on_step(self) -> bool:
+        self.pbar.update(min(self.num_timesteps, self.total) - self.pbar.n)
+        return True
 
-            sync_envs_normalization(model.get_env(), eval_env)
-        mean, std = evaluate_policy(model, eval_env, n_eval_episodes=c.eval_episodes, deterministic=True)
-        eval_seconds[0] += time.perf_counter() - t0
-        evals.append({"step": step, "mean": float(mean), "std": float(std)})
-        logger.record("eval/mean_reward", float(mean))
-        logger.record("eval/std_reward", float(std))
-        infos = getattr(model, "ep_info_buffer", None)  # SB3 logs these only at its own dumps (per rollout)
-        if infos:
-            logger.record("rollout/ep_rew_mean", float(np.mean([i["r"] for i in infos])))
-            logger.record("rollout/ep_len_mean", float(np.mean([i["l"] for i in infos])))
-            logger.record("time/fps", step / max(time.perf_counter() - t_start - eval_seconds[0], 1e-9))
-        logger.dump(step)
-
-    if algo == "ep":
-        from eqagent.agents.ep_agent import EPAgent
-        from stable_baselines3.common.monitor import Monitor
-
-        agent = EPAgent(env_id, tensorboard_log=c.logdir or None, seed=seed)
-        eval_env = Monitor(gym.make(env_id))
-        eval_env.reset(seed=seed + 10_000)
-
-        def ep_callback(local: dict) -> bool:
-            if bar is not None:
-                bar.update(1)
-            if agent.num_timesteps % c.eval_every == 0:
-                plans, secs = agent.plans, agent.plan_seconds
-                evaluate(agent, eval_env, agent.num_timesteps, agent.logger)
-                agent.plans, agent.plan_seconds = plans, secs
-                agent.planner.reset()
-            return True
-
-        agent.learn(budget, callback=ep_callback, tb_log_name=name)
-        run_dir = agent.logger.run_dir
-    else:
-        from stable_baselines3.common.callbacks import BaseCallback
-
-        model, eval_env = _make_sb3(algo, env_id, seed, c.logdir or None)
-
-        class _Eval(BaseCallback):
-            def __init__(self) -> None:
-                super().__init__()
-                self.next_eval = c.eval_every
-                self.last = 0
-
-            def _on_step(self) -> bool:
-                if bar is not None:
-                    bar.update(min(self.num_timesteps, budget) - self.last)
-                self.last = min(self.num_timesteps, budget)
-                while self.num_timesteps >= self.next_eval and self.next_eval <= budget:
-                    evaluate(self.model, eval_env, self.next_eval, self.logger)
-                    self.next_eval += c.eval_every
-                return self.num_timesteps < budget
-
-        model.learn(budget, callback=_Eval(), tb_log_name=name)
-        run_dir = Path(model.logger.dir) if model.logger.dir else None
-    wall = time.perf_counter() - t_start
-    if bar is not None:
-        bar.close()
-    train_seconds = max(wall - eval_seconds[0], 1e-9)
-    return {"algo": algo, "env": env_id, "seed": seed, "evaluations": evals, "wall_seconds": wall,
-            "train_seconds": train_seconds, "env_steps_per_second": budget / train_seconds,
-            "run_dir": str(run_dir) if run_dir else None,
-            **_summary_of_evals(evals, threshold, budget)}  # fmt: skip
+    def _on_training_end(self) -> None:
+        self.pbar.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -261,8 +214,9 @@ def summarize(runs: list[dict], threshold: float | None) -> dict[str, dict]:
         rs = [r for r in runs if r["algo"] == algo]
         budget = rs[0]["budget"]
         reached = [r["steps_to_threshold"] for r in rs]
-        held = [r["steps_to_threshold_3"] for r in rs]
+        held = [r["steps_to_threshold_held"] for r in rs]
         finals = np.array([r["final_mean"] for r in rs], dtype=float)
+        pre = [r["pre_learning_mean"] for r in rs if r.get("pre_learning_mean") is not None]
 
         def median_or_none(v: list) -> float | None:
             m = _median_steps(v)
@@ -274,15 +228,18 @@ def summarize(runs: list[dict], threshold: float | None) -> dict[str, dict]:
             "threshold": threshold,
             "steps_to_threshold": reached,
             "steps_to_threshold_median": median_or_none(reached),
-            "steps_to_threshold_3": held,
-            "steps_to_threshold_3_median": median_or_none(held),
+            "steps_to_threshold_held": held,
+            "steps_to_threshold_held_median": median_or_none(held),
+            "pre_learning_mean": float(np.mean(pre)) if pre else None,
             "final_mean": float(finals.mean()),
             "final_std": float(finals.std()),
             "wall_seconds_median": float(np.median([r["wall_seconds"] for r in rs])),
             "env_steps_per_second_median": float(np.median([r["env_steps_per_second"] for r in rs])),
             "table": {
                 "steps_to_threshold": _med(reached, budget) if threshold is not None else "— (no threshold)",
-                "steps_to_threshold_3": _med(held, budget) if threshold is not None else "— (no threshold)",
+                "steps_to_threshold_held": _med(held, budget)
+                if threshold is not None
+                else "— (no threshold)",
             },
         }
     return out
@@ -292,17 +249,18 @@ def _markdown(env_id: str, summary: dict[str, dict], cfg: CompareConfig) -> str:
     thr = next(iter(summary.values()))["threshold"]
     lines = [
         f"### {env_id} ({'no reward threshold' if thr is None else f'threshold {thr:g}'}; {cfg.seeds} seeds; "
-        f"eval every {cfg.eval_every:,} steps, "
-        f"{cfg.eval_episodes} deterministic episodes)",
+        f"eval every {cfg.eval_freq:,} steps, {cfg.n_eval_episodes} deterministic episodes)",
         "",
-        "| algorithm | budget | steps to threshold, median (min–max) | steps to 3 evals in a row ≥ threshold, "
-        "median (min–max) | final eval, mean ± std over seeds | wall s (median) | env steps/s (median) |",
-        "|---|---|---|---|---|---|---|",
+        "| algorithm | budget | steps to threshold (after learning), median (min–max) | steps to threshold held "
+        "(every later eval ≥ threshold), median (min–max) | pre-learning score | final eval, mean ± std over seeds "
+        "| wall s (median) | env steps/s (median) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for algo, s in summary.items():
+        pre = "—" if s["pre_learning_mean"] is None else f"{s['pre_learning_mean']:.1f}"
         lines.append(
-            f"| {algo} | {s['budget']:,} | {s['table']['steps_to_threshold']} | {s['table']['steps_to_threshold_3']} "
-            f"| {s['final_mean']:.1f} ± {s['final_std']:.1f} | {s['wall_seconds_median']:.0f} "
+            f"| {algo} | {s['budget']:,} | {s['table']['steps_to_threshold']} | {s['table']['steps_to_threshold_held']} "
+            f"| {pre} | {s['final_mean']:.1f} ± {s['final_std']:.1f} | {s['wall_seconds_median']:.0f} "
             f"| {s['env_steps_per_second_median']:.0f} |"
         )
     return "\n".join(lines) + "\n"
@@ -336,7 +294,7 @@ def _plot(env_id: str, runs: list[dict], threshold: float | None, path: Path) ->
 
 def run_compare(cfg: CompareConfig) -> dict:
     """Runs every (algorithm, seed) of ``cfg`` and writes the outputs; returns the per-algorithm summary."""
-    gym.spec(cfg.env)  # unknown ids fail here, before any worker starts
+    check_env_id(cfg.env)  # unknown ids fail here, before any worker starts
     algos = cfg.algo_list()
     kind = type(gym.make(cfg.env).action_space).__name__
     if "dqn" in algos and kind != "Discrete":

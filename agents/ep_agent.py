@@ -1,322 +1,425 @@
 """``EPAgent``: an online EP world model + an active-inference planner + the surprise gate, SB3-style.
 
-One env step (DESIGN): the planner imagines candidate sequences with the world model and returns the action with
-the lowest expected free energy together with the free-phase prediction for it; after ``env.step`` the world model
-observes the real transition (surprise → gate → EP update) reusing that prediction.
+One env step (DESIGN): the planner imagines candidate sequences with the world model for every env of the vector
+env in one batched call and returns each env's action with the lowest expected free energy together with the
+free-phase prediction for it; after ``env.step`` the world model observes the real transitions (surprise → gate →
+EP update) reusing that prediction.
+
+The agent fits Stable-Baselines3's tooling: it trains on an SB3 ``VecEnv`` (a single env, an env id or a
+Gymnasium vector env is converted), ``learn`` takes SB3 callbacks (``EvalCallback``, ``CheckpointCallback``,
+``StopTrainingOnRewardThreshold``, lists, plain callables) and logs through SB3's ``Logger``, and ``predict`` has
+SB3's signature, so ``evaluate_policy`` works. Where SB3 assumes a policy network, the planner takes its place:
+there is no ``policy`` attribute; ``predict`` plans.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
-import os
-import tempfile
 import time
 from collections import deque
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, fields
+from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from eqagent.agents.preferences import resolve_preference
-from eqagent.apps.logging import Logger, next_run_dir
-from safetensors.torch import load_file, save_file
+import torch
+from eqagent.agents import checkpoint
+from eqagent.agents.config import EPAgentConfig, agent_config
+from eqagent.agents.envs import as_vec_env, check_env_id
+from eqagent.agents.preferences import describe_preference, resolve_preference
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, ConvertCallback
+from stable_baselines3.common.logger import HParam, Logger
+from stable_baselines3.common.utils import configure_logger, safe_mean
+from stable_baselines3.common.vec_env import VecEnv
 
-from eqagent.planning import CEMPlanner, PlannerConfig
-from eqagent.surprise import SurpriseGateConfig
-from eqagent.value import EPValueFunction, ValueConfig
-from eqagent.world_model import EPWorldModel, WorldModelConfig
+from eqagent.configs import config_to_dict
+from eqagent.planning import CEMPlanner, PlanResult
+from eqagent.value import EPValueFunction
+from eqagent.world_model import EPWorldModel
 
-__all__ = ["PRESETS", "EPAgent", "EPAgentConfig"]
+__all__ = ["EPAgent"]
 
-
-@dataclass
-class EPAgentConfig:
-    """Settings of :class:`EPAgent` (per-env defaults in :data:`PRESETS`).
-
-    Attributes:
-        hidden: World-model hidden sizes.
-        members: Ensemble size.
-        lr: World-model learning rate.
-        beta: EP nudging strength.
-        settle_steps: EP nudged relaxation steps.
-        batch_size: World-model minibatch per member.
-        replay_size: Replay capacity.
-        updates_per_step: World-model updates per env step (when the gate is open).
-        gate: Use the surprise gate.
-        horizon: Planning horizon.
-        candidates: Candidate sequences per CEM iteration.
-        iterations: CEM iterations.
-        elites: CEM elites.
-        discount: Planning discount.
-        termination_penalty: Weight of the predicted termination risk.
-        epistemic_weight: Weight of the ensemble disagreement.
-        learning_starts: Random-action steps before planning starts.
-        terminal_value: Learn a state value by EP (TD(0) on the replay) and count it past the planning horizon.
-        value_updates_per_step: Value updates per env step.
-        value_discount: γ of the terminal value (its look-ahead past the horizon is about ``1/(1 − γ)`` steps).
-        value_tau: Polyak rate of the value's target copy.
-        preference: Name of a shipped preference for the env, ``module:callable``, or empty (learned reward only).
-    """
-
-    hidden: tuple[int, ...] = (64, 64)
-    members: int = 5
-    lr: float = 1e-3
-    beta: float = 0.01
-    settle_steps: int = 3
-    batch_size: int = 32
-    replay_size: int = 20000
-    updates_per_step: int = 1
-    gate: bool = True
-    horizon: int = 15
-    candidates: int = 128
-    iterations: int = 3
-    elites: int = 16
-    discount: float = 0.99
-    termination_penalty: float = 10.0
-    epistemic_weight: float = 0.0
-    learning_starts: int = 100
-    terminal_value: bool = True
-    value_updates_per_step: int = 2
-    value_discount: float = 0.99
-    value_tau: float = 0.05
-    preference: str = ""
-
-
-PRESETS: dict[str, dict] = {
-    # 2 CEM iterations (warm-started): ~14 ms per action on 2 CPU cores (3 iterations: ~20 ms); same median steps
-    # to the first eval >= 475, but less steady before 3,000 steps (docs/benchmarks.md, issues 5 and 6)
-    "CartPole-v1": dict(horizon=20, candidates=128, iterations=2, elites=16, termination_penalty=20.0),
-    "Pendulum-v1": dict(
-        horizon=15,
-        candidates=256,
-        iterations=4,
-        elites=32,
-        termination_penalty=0.0,
-        updates_per_step=4,
-        learning_starts=50,
-    ),
-    "Acrobot-v1": dict(horizon=20, candidates=128, termination_penalty=0.0, epistemic_weight=1.0),
-    "MountainCarContinuous-v0": dict(
-        horizon=25, candidates=256, termination_penalty=0.0, epistemic_weight=5.0
-    ),
-}
+MaybeCallback = BaseCallback | list | Any | None
 
 
 class EPAgent:
     """An Equilibrium-Propagation agent for Gymnasium envs with 1-D Box observations.
 
     Args:
-        env: A ``gym.Env`` or an env id.
+        env: An env id, a ``gym.Env``, a Gymnasium vector env or an SB3 ``VecEnv``.
+        config: An :class:`~eqagent.agents.config.EPAgentConfig` (or a dict of its fields); ``None``: the defaults
+            with the env's preset.
         tensorboard_log: Root directory of TensorBoard runs (``None``: no logs), as in SB3.
-        seed: Seed of the world model, planner, env resets and random warm-up actions.
-        verbose: 0 silent, 1 prints one line per episode.
-        **config: Fields of :class:`EPAgentConfig` (override the env's preset); ``preference`` may also be a
-            callable.
+        seed: Seed of the world model, value, planner, env resets and random warm-up actions.
+        verbose: 0 silent, 1 SB3's stdout log.
+        device: ``"cpu"`` (default) or a CUDA device for the world model, value and planner.
+        preference: A shipped preference name for the env, a callable ``(..., d) → (...)`` (lower = preferred),
+            or ``"module:callable"`` (imported only with ``trust_remote_code=True``).
+        trust_remote_code: Allow ``preference`` / a checkpoint's env id to name code to import.
+        **overrides: Config fields by path: ``planner={"horizon": 25}``, ``learning_starts=50``,
+            ``**{"world_model.lr": 3e-4}``.
     """
 
     def __init__(
-        self, env, tensorboard_log: str | None = None, seed: int | None = None, verbose: int = 0, **config
-    ):
-        self.env = gym.make(env) if isinstance(env, str) else env
-        self.env_id = self.env.spec.id if self.env.spec is not None else None
-        pref = config.pop("preference", "")
-        known = {f.name for f in fields(EPAgentConfig)}
-        unknown = sorted(set(config) - known)
-        if unknown:
-            raise ValueError(f"unknown EPAgent option(s) {unknown}; see EPAgentConfig")
-        merged = {**PRESETS.get(self.env_id or "", {}), **config}
-        if "hidden" in merged:
-            merged["hidden"] = tuple(merged["hidden"])
-        self.config = EPAgentConfig(**merged, preference=pref if isinstance(pref, str) else "")
-        self.preference = resolve_preference(pref or None, self.env_id)
-        self.seed = 0 if seed is None else int(seed)
-        self.verbose = verbose
-        self.tensorboard_log = tensorboard_log
-        c = self.config
-        self.world_model = EPWorldModel(
-            self.env.observation_space,
-            self.env.action_space,
-            WorldModelConfig(hidden=c.hidden, members=c.members, lr=c.lr, beta=c.beta, settle_steps=c.settle_steps,
-                             batch_size=c.batch_size, replay_size=c.replay_size, updates_per_step=c.updates_per_step,
-                             gate=c.gate, gate_config=SurpriseGateConfig(), seed=self.seed),
-        )  # fmt: skip
-        self.value = (
-            EPValueFunction(
-                self.world_model, ValueConfig(discount=c.value_discount, tau=c.value_tau, seed=self.seed)
-            )
-            if c.terminal_value
-            else None
-        )
-        self.planner = CEMPlanner(
-            self.world_model,
-            PlannerConfig(horizon=c.horizon, candidates=c.candidates, iterations=c.iterations, elites=c.elites,
-                          discount=c.discount, termination_penalty=c.termination_penalty,
-                          epistemic_weight=c.epistemic_weight, seed=self.seed),
-            self.preference,
-            terminal_value=self.value,
-        )  # fmt: skip
-        self.num_timesteps = 0
-        self.rng = np.random.default_rng(self.seed)
-        self.env.action_space.seed(self.seed)
-        self.plan_seconds = 0.0
-        self.plans = 0
-
-    # ------------------------------------------------------------------ acting
-    def _plan(self, obs: np.ndarray):
-        t0 = time.perf_counter()
-        res = self.planner.plan(obs)
-        self.plan_seconds += time.perf_counter() - t0
-        self.plans += 1
-        return res
-
-    def predict(self, observation, state=None, episode_start=None, deterministic: bool = True):
-        """SB3's signature: returns ``(actions, state)`` for one observation or a batch (``evaluate_policy``)."""
-        obs = np.asarray(observation, dtype=np.float32)
-        if not np.all(np.isfinite(obs)):
-            raise ValueError("observation contains NaN or inf")
-        single = obs.ndim == 1
-        batch = obs[None] if single else obs
-        if episode_start is not None and np.any(episode_start):
-            self.planner.reset()
-        actions = [self._plan(o).action for o in batch]
-        out = np.array(actions)
-        return (out[0] if single else out), state
-
-    # ------------------------------------------------------------------ learning
-    def learn(
         self,
-        total_timesteps: int,
-        callback: Callable[[dict], bool] | None = None,
-        progress_bar: bool = False,
-        tb_log_name: str = "EPAgent",
-        reset_num_timesteps: bool = True,
-    ) -> EPAgent:
-        """Acts and learns online for ``total_timesteps`` env steps.
+        env: str | gym.Env | VecEnv,
+        config: EPAgentConfig | dict | None = None,
+        *,
+        tensorboard_log: str | None = None,
+        seed: int | None = None,
+        verbose: int = 0,
+        device: str | torch.device = "cpu",
+        preference: Any = None,
+        trust_remote_code: bool = False,
+        **overrides: Any,
+    ) -> None:
+        self.seed = 0 if seed is None else int(seed)
+        self.env, self.env_id = as_vec_env(env, trust_remote_code=trust_remote_code)
+        self.n_envs = self.env.num_envs
+        self.observation_space, self.action_space = self.env.observation_space, self.env.action_space
+        if isinstance(preference, str):
+            overrides["preference"] = preference
+        elif preference is not None:
+            overrides["preference"] = ""  # a callable is not config data
+        cfg = agent_config(self.env_id, config, **overrides)
+        self.preference = resolve_preference(
+            preference if callable(preference) else (cfg.preference or None), self.env_id, trust_remote_code
+        )
+        self.config = cfg
+        self.verbose, self.tensorboard_log = verbose, tensorboard_log
+        self.device = torch.device(device)
+        self.world_model = EPWorldModel(
+            self.observation_space, self.action_space, replace(cfg.world_model, seed=self.seed), self.device
+        )
+        vcfg = replace(cfg.value, seed=self.seed)
+        self.value = EPValueFunction(self.world_model, vcfg) if cfg.terminal_value else None
+        self.planner = CEMPlanner(self.world_model, cfg.planner, self.preference, terminal_value=self.value)
+        self.num_timesteps = 0
+        self._train_gen = torch.Generator(self.device).manual_seed(self.seed)
+        self._stochastic_gen = torch.Generator(self.device).manual_seed(self.seed + 1)
+        self.action_space.seed(self.seed)
+        self.env.seed(self.seed)
+        self._last_obs: np.ndarray | None = None
+        self._plan_state: np.ndarray | None = None
+        self._logger: Logger | None = None
+        self._custom_logger = False
+        self.ep_info_buffer: deque = deque(maxlen=100)
+        self._episode_num = 0
+        self.plan_seconds, self.plans = 0.0, 0
 
-        Args:
-            total_timesteps: Env steps.
-            callback: Called after every step with a dict of locals; returning ``False`` stops training.
-            progress_bar: Show a tqdm progress bar.
-            tb_log_name: TensorBoard run name (``{tb_log_name}_{N}`` under ``tensorboard_log``).
-            reset_num_timesteps: Start the step counter at 0.
-        """
-        if total_timesteps < 1:
-            raise ValueError(f"total_timesteps must be >= 1, got {total_timesteps}")
-        if reset_num_timesteps:
-            self.num_timesteps = 0
-        run_dir = next_run_dir(self.tensorboard_log, tb_log_name) if self.tensorboard_log else None
-        logger = Logger(run_dir)
-        self.logger = logger
-        bar = None
-        if progress_bar:
-            from tqdm import tqdm
+    # ------------------------------------------------------------------ SB3 surface
+    def get_env(self) -> VecEnv:
+        """The training vector env (SB3's callbacks read ``num_envs`` and wrappers from it)."""
+        return self.env
 
-            bar = tqdm(total=total_timesteps, desc=tb_log_name)
-        ep_rewards, ep_lengths = deque(maxlen=100), deque(maxlen=100)
-        obs, _ = self.env.reset(seed=self.seed + self.num_timesteps)
-        self.planner.reset()
-        ep_r, ep_l, t_start = 0.0, 0, time.perf_counter()
-        for _ in range(total_timesteps):
-            if self.num_timesteps < self.config.learning_starts:
-                action, pred = self.env.action_space.sample(), None
-            else:
-                res = self._plan(obs)
-                action, pred = res.action, res.prediction
-                logger.record("planner/free_energy", res.free_energy)
-            nxt, reward, term, trunc, _ = self.env.step(action)
-            info = self.world_model.observe(obs, action, nxt, float(reward), bool(term), prediction=pred)
-            logger.record("world_model/surprise", info["surprise"])
-            logger.record("world_model/gate_lr", info["gate"])
-            logger.record("world_model/error", info["error"])
-            logger.record("world_model/updated", float(info["updated"]))
-            if self.value is not None:
-                for _ in range(self.config.value_updates_per_step):
-                    logger.record("value/td_loss", self.value.update())
-            self.num_timesteps += 1
-            ep_r += float(reward)
-            ep_l += 1
-            obs = nxt
-            if bar is not None:
-                bar.update(1)
-            if term or trunc:
-                ep_rewards.append(ep_r)
-                ep_lengths.append(ep_l)
-                if self.verbose:
-                    print(f"step {self.num_timesteps}: episode return {ep_r:.1f} length {ep_l}", flush=True)
-                logger.record("rollout/ep_rew_mean", float(np.mean(ep_rewards)))
-                logger.record("rollout/ep_len_mean", float(np.mean(ep_lengths)))
-                logger.record("time/fps", self.num_timesteps / max(1e-9, time.perf_counter() - t_start))
-                if self.plans:
-                    logger.record("planner/latency_ms", 1e3 * self.plan_seconds / self.plans)
-                logger.record("world_model/updates", self.world_model.updates)
-                logger.dump(self.num_timesteps)
-                obs, _ = self.env.reset()
-                self.planner.reset()
-                ep_r, ep_l = 0.0, 0
-            if callback is not None and callback(locals()) is False:
-                break
-        logger.dump(self.num_timesteps)
-        logger.close()
-        if bar is not None:
-            bar.close()
-        return self
+    def get_vec_normalize_env(self) -> None:
+        """No ``VecNormalize``: the world model normalises observations itself."""
+        return None
+
+    @property
+    def logger(self) -> Logger:
+        """SB3's ``Logger`` of the current run (configured by :meth:`learn` unless set by :meth:`set_logger`)."""
+        if self._logger is None:
+            self._logger = configure_logger(self.verbose, None, "", True)
+        return self._logger
+
+    def set_logger(self, logger: Logger) -> None:
+        """Uses ``logger`` (SB3's ``configure(...)``) instead of configuring one at each ``learn``."""
+        self._logger, self._custom_logger = logger, True
+
+    @property
+    def _n_updates(self) -> int:
+        """Learning updates so far (world model and value), as SB3 algorithms count theirs."""
+        return self.world_model.updates + (self.value.updates if self.value is not None else 0)
 
     @property
     def ms_per_action(self) -> float:
+        """Mean planning time per training env step (ms)."""
         return 1e3 * self.plan_seconds / self.plans if self.plans else float("nan")
 
+    # ------------------------------------------------------------------ acting
+    def _check_obs(self, observation: Any) -> np.ndarray:
+        d = self.world_model.obs_dim
+        obs = np.asarray(observation, dtype=np.float32)
+        if obs.ndim == 0 or obs.shape[-1] != d or obs.ndim > 2:
+            raise ValueError(f"observation must have shape ({d},) or (n, {d}), got {obs.shape}")
+        if not np.all(np.isfinite(obs)):
+            raise ValueError("observation contains NaN or inf")
+        return obs
+
+    def _obs_generator(self, obs_row: np.ndarray) -> torch.Generator:
+        """The planner's randomness for one observation: a function of the seed and the observation only."""
+        digest = hashlib.blake2b(
+            obs_row.tobytes(), digest_size=8, key=self.seed.to_bytes(8, "little", signed=True)
+        )
+        return torch.Generator(self.device).manual_seed(int.from_bytes(digest.digest(), "little") >> 1)
+
+    def predict(
+        self,
+        observation: np.ndarray,
+        state: np.ndarray | None = None,
+        episode_start: np.ndarray | None = None,
+        deterministic: bool = True,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """SB3's signature: plans for one observation ``(d,)`` or a batch ``(n, d)``; returns ``(actions, state)``.
+
+        With ``deterministic=True`` the action is a pure function of the weights, the observation, the seed and
+        the ``state`` passed in: each observation is planned on its own with randomness drawn from (seed,
+        observation), and the only warm start is ``state`` (the previous call's returned plan, as SB3's
+        ``evaluate_policy`` passes it back; rows with ``episode_start`` start cold). ``deterministic=False``
+        draws from the agent's running generator instead.
+        """
+        obs = self._check_obs(observation)
+        single = obs.ndim == 1
+        batch = obs[None] if single else obs
+        n = batch.shape[0]
+        if state is not None:
+            state = np.asarray(state, dtype=np.float32)
+            expected = (n, self.planner.cfg.horizon, self.planner.state_width)
+            if state.shape != expected:
+                raise ValueError(
+                    f"state must have shape {expected} (as predict returned it), got {state.shape}"
+                )
+        starts = np.zeros(n, bool) if episode_start is None else np.asarray(episode_start, bool).reshape(n)
+        actions, states = [], []
+        for i, row in enumerate(batch):
+            warm = None if state is None or starts[i] else state[i : i + 1]
+            gen = self._obs_generator(row) if deterministic else self._stochastic_gen
+            res = self.planner.plan(row[None], warm, gen)
+            actions.append(res.action[0])
+            states.append(res.state[0])
+        out = np.stack(actions)
+        return (out[0] if single else out), np.stack(states)
+
+    def _plan(self, obs: np.ndarray) -> PlanResult:
+        t0 = time.perf_counter()
+        res = self.planner.plan(obs, self._plan_state, self._train_gen)
+        self.plan_seconds += time.perf_counter() - t0
+        self.plans += 1
+        self._plan_state = res.state
+        return res
+
+    # ------------------------------------------------------------------ learning
+    def _setup_logger(self, tb_log_name: str, reset_num_timesteps: bool) -> None:
+        if self._custom_logger:
+            return
+        logger = configure_logger(self.verbose, self.tensorboard_log, tb_log_name, reset_num_timesteps)
+        if logger.get_dir():  # a TensorBoard run folder: add the CSV progress file as SB3's `configure` would
+            from stable_baselines3.common.logger import make_output_format
+
+            logger.output_formats.append(make_output_format("csv", logger.get_dir()))
+        self._logger = logger
+
+    def _log_config(self) -> None:
+        """The full config: as ``config.json`` beside the logs, TensorBoard text and HParams."""
+        cfg = {"env_id": self.env_id, "seed": self.seed, "n_envs": self.n_envs, **config_to_dict(self.config)}
+        text = json.dumps(cfg, indent=1)
+        folder = self.logger.get_dir()
+        if folder:
+            (Path(folder) / "config.json").write_text(text)
+        flat = {}
+
+        def walk(prefix: str, node: Any) -> None:
+            for k, v in node.items():
+                if isinstance(v, dict):
+                    walk(f"{prefix}{k}.", v)
+                else:
+                    flat[prefix + k] = v if isinstance(v, (int, float, str, bool)) else str(v)
+
+        walk("", cfg)
+        metrics = {"eval/mean_reward": 0.0, "rollout/ep_rew_mean": 0.0}
+        self.logger.record("hparams", HParam(flat, metrics), exclude=("stdout", "log", "json", "csv"))
+        self.logger.record("config", "```\n" + text + "\n```", exclude=("stdout", "log", "json", "csv"))
+        self.logger.dump(self.num_timesteps)
+
+    def _init_callback(self, callback: MaybeCallback, progress_bar: bool) -> BaseCallback:
+        if isinstance(callback, list):
+            callback = CallbackList(callback)
+        if callback is None:
+            callback = CallbackList([])
+        elif not isinstance(callback, BaseCallback):
+            callback = ConvertCallback(callback)
+        if progress_bar:
+            from eqagent.agents.evaluation import ProgressBar
+
+            callback = CallbackList([callback, ProgressBar()])
+        callback.init_callback(self)
+        return callback
+
+    def learn(
+        self,
+        total_timesteps: int,
+        callback: MaybeCallback = None,
+        log_interval: int = 1,
+        tb_log_name: str = "EPAgent",
+        reset_num_timesteps: bool = True,
+        progress_bar: bool = False,
+    ) -> EPAgent:
+        """Acts and learns online for ``total_timesteps`` env steps (summed over the vector env's envs).
+
+        Args:
+            total_timesteps: Env steps.
+            callback: SB3 callback(s) (a ``BaseCallback``, a list of them, or a callable ``(locals, globals) →
+                bool``), called after every vector step; returning ``False`` stops training.
+            log_interval: Episodes between log dumps.
+            tb_log_name: TensorBoard run name (``{tb_log_name}_{N}`` under ``tensorboard_log``).
+            reset_num_timesteps: Start the step counter at 0 (else continue the previous run's count and log).
+            progress_bar: Show a progress bar (tqdm) that also moves during evaluations.
+        """
+        if isinstance(total_timesteps, bool) or not isinstance(total_timesteps, (int, np.integer)):
+            raise ValueError(f"total_timesteps must be an integer, got {total_timesteps!r}")
+        if total_timesteps < 1 or log_interval < 1:
+            raise ValueError(
+                f"total_timesteps and log_interval must be >= 1, got {total_timesteps}, {log_interval}"
+            )
+        if reset_num_timesteps:
+            self.num_timesteps, self._episode_num = 0, 0
+            self.ep_info_buffer.clear()
+        else:
+            total_timesteps += self.num_timesteps
+        self._total_timesteps = total_timesteps
+        self._setup_logger(tb_log_name, reset_num_timesteps)
+        if reset_num_timesteps or self._last_obs is None:
+            self._last_obs = self._check_obs(self.env.reset())
+            self._plan_state = None
+        self._log_config()
+        callback = self._init_callback(callback, progress_bar)
+        callback.on_training_start(locals(), globals())
+        callback.on_rollout_start()
+        self._t_start, self._steps_at_start = time.perf_counter(), self.num_timesteps
+        episodes_since_dump = 0
+        while self.num_timesteps < total_timesteps:
+            obs = self._last_obs
+            if self.num_timesteps < self.config.learning_starts:
+                actions = np.array([self.action_space.sample() for _ in range(self.n_envs)])
+                prediction = None
+            else:
+                res = self._plan(obs)
+                actions, prediction = res.action, res.prediction
+                self.logger.record_mean("planner/free_energy", float(res.free_energy.mean()))
+            new_obs, rewards, dones, infos = self.env.step(actions)
+            real_next = np.array(new_obs, dtype=np.float32, copy=True)
+            terminated = np.zeros(self.n_envs, bool)
+            for i, done in enumerate(dones):
+                if done:
+                    real_next[i] = infos[i]["terminal_observation"]
+                    terminated[i] = not infos[i].get("TimeLimit.truncated", False)
+            info = self.world_model.observe(
+                obs, actions, real_next, rewards, terminated, prediction=prediction
+            )
+            for key in ("surprise", "gate", "error", "updated"):
+                self.logger.record_mean(
+                    f"world_model/{'gate_lr' if key == 'gate' else key}", float(info[key])
+                )
+            if self.value is not None:
+                for _ in range(self.config.value_updates_per_step):
+                    self.logger.record_mean("value/td_loss", self.value.update())
+            self.num_timesteps += self.n_envs
+            self._last_obs = self._check_obs(new_obs)
+            if dones.any() and self._plan_state is not None:  # a new episode plans from a cold start
+                self._plan_state = self._plan_state.copy()
+                self._plan_state[dones] = self.planner.cold_state(int(dones.sum()))
+            for i, done in enumerate(dones):
+                if done:
+                    self._episode_num += 1
+                    episodes_since_dump += 1
+                    if "episode" in infos[i]:
+                        self.ep_info_buffer.append(infos[i]["episode"])
+            callback.update_locals(locals())
+            if not callback.on_step():
+                break
+            if episodes_since_dump >= log_interval:
+                self._dump_logs()
+                episodes_since_dump = 0
+        callback.on_rollout_end()
+        self._dump_logs()
+        callback.on_training_end()
+        return self
+
+    def _dump_logs(self) -> None:
+        if self.ep_info_buffer:
+            self.logger.record("rollout/ep_rew_mean", safe_mean([e["r"] for e in self.ep_info_buffer]))
+            self.logger.record("rollout/ep_len_mean", safe_mean([e["l"] for e in self.ep_info_buffer]))
+        elapsed = max(time.perf_counter() - self._t_start, 1e-9)
+        self.logger.record("time/fps", int((self.num_timesteps - self._steps_at_start) / elapsed))
+        self.logger.record("time/episodes", self._episode_num, exclude="tensorboard")
+        self.logger.record("time/total_timesteps", self.num_timesteps, exclude="tensorboard")
+        if self.plans:
+            self.logger.record("planner/latency_ms", self.ms_per_action)
+        self.logger.record("world_model/updates", self.world_model.updates)
+        self.logger.dump(self.num_timesteps)
+
     # ------------------------------------------------------------------ persistence
-    def save(self, path: str | os.PathLike) -> None:
-        """Writes the agent to ``path`` (safetensors: weights, normalisers; JSON metadata) atomically."""
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            path = path.with_suffix(".safetensors")
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def save(self, path: str | Path) -> Path:
+        """Writes the agent to ``path`` + ``.safetensors`` (weights, normalisers; JSON metadata) atomically.
+
+        Returns the file written. The planner keeps no state between calls and the training RNG streams are not
+        saved: a loaded agent predicts exactly as the saved one; continued training draws fresh randomness.
+        """
         state = self.world_model.state_dict()
         extra = state.pop("_extra_state", {})
         if self.value is not None:
             state.update({f"value.{k}": v for k, v in self.value.state_dict().items()})
             extra["value_updates"] = self.value.updates
-        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        kind, name = describe_preference(self.preference, self.config.preference)
         meta = {
-            "config": json.dumps({**asdict(self.config), "hidden": list(self.config.hidden)}),
+            "config": json.dumps(config_to_dict(self.config)),
             "extra": json.dumps(extra),
             "env_id": self.env_id or "",
             "seed": str(self.seed),
             "num_timesteps": str(self.num_timesteps),
+            "preference": name,
+            "preference_kind": kind,
         }
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-        os.close(fd)
-        try:
-            save_file(tensors, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+        return checkpoint.write(path, state, meta)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, env=None, **overrides) -> EPAgent:
-        """Restores an agent saved by :meth:`save` (no pickle: safetensors + JSON)."""
-        from safetensors import safe_open
+    def load(
+        cls,
+        path: str | Path,
+        env: str | gym.Env | VecEnv | None = None,
+        *,
+        preference: Any = None,
+        trust_remote_code: bool = False,
+        **kwargs: Any,
+    ) -> EPAgent:
+        """Restores an agent saved by :meth:`save` (no pickle: safetensors + JSON, verified; see
+        :mod:`eqagent.agents.checkpoint`).
 
-        path = Path(path)
-        if not path.exists() and path.with_suffix(".safetensors").exists():
-            path = path.with_suffix(".safetensors")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata()
-        config = json.loads(meta["config"])
-        pref = config.pop("preference", "")
-        env = env if env is not None else meta["env_id"]
-        if not env:
-            raise ValueError(f"{path} was saved without an env id: pass env=")
-        agent = cls(env, seed=int(meta["seed"]), preference=pref or None, **{**config, **overrides})
-        state = load_file(str(path))
-        extra = json.loads(meta["extra"])
+        The checkpoint's env id must be a registered Gymnasium id and its preference a shipped name, unless
+        ``trust_remote_code=True``; a checkpoint saved with a custom preference callable needs ``preference=``.
+        ``kwargs`` go to the constructor (``tensorboard_log``, ``device``, ``verbose``).
+        """
+        tensors, meta, file = checkpoint.read(path)
+        if env is None:
+            if not meta["env_id"]:
+                raise ValueError(f"{file} was saved without an env id: pass env=")
+            env = check_env_id(meta["env_id"], trust_remote_code, what=f"{file}: env id")
+        kind = meta.get("preference_kind", "none")
+        if preference is None:
+            if kind == "callable":
+                raise ValueError(f"{file} was saved with a custom preference callable ({meta['preference']}): "
+                                 "pass preference= to load")  # fmt: skip
+            if kind == "import" and not trust_remote_code:
+                raise ValueError(f"{file} names preference code to import ({meta['preference']!r}); pass "
+                                 "preference= or trust_remote_code=True")  # fmt: skip
+            preference = meta["preference"] or None
+        cfg = EPAgentConfig.from_dict({**meta["config"], "preference": ""})
+        agent = cls(
+            env, cfg, seed=meta["seed"], preference=preference, trust_remote_code=trust_remote_code, **kwargs
+        )
+        extra = meta["extra"]
         if agent.value is not None:
-            agent.value.load_state_dict({k[6:]: state.pop(k) for k in list(state) if k.startswith("value.")})
+            agent.value.load_state_dict(
+                {k[6:]: tensors.pop(k) for k in list(tensors) if k.startswith("value.")}
+            )
             agent.value.updates = int(extra.pop("value_updates", 0))
-        state["_extra_state"] = extra
-        agent.world_model.load_state_dict(state)
-        agent.num_timesteps = int(meta["num_timesteps"])
+        tensors["_extra_state"] = extra
+        try:
+            agent.world_model.load_state_dict(tensors)
+        except (RuntimeError, KeyError, TypeError) as e:
+            raise ValueError(f"{file} does not match the agent its config describes: {e}") from None
+        agent.num_timesteps = meta["num_timesteps"]
         return agent

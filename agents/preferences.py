@@ -1,7 +1,8 @@
 """Prior preferences shipped for the classic-control envs: energies over observations (lower = preferred).
 
 Each takes imagined observations ``(..., d)`` and returns ``(...)``. Select one by name (``preference="upright"``
-with the env id) or pass any callable; ``MODULE:CALLABLE`` strings are imported (no ``eval``).
+with the env id) or pass any callable. A ``MODULE:CALLABLE`` string is imported only when the caller passes
+``trust_remote_code=True`` (a name read from a config or a checkpoint is data, never code to run).
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from collections.abc import Callable
 
 import torch
 
-__all__ = ["PREFERENCES", "resolve_preference"]
+__all__ = ["PREFERENCES", "describe_preference", "resolve_preference"]
 
 
 def cartpole_upright(obs: torch.Tensor) -> torch.Tensor:
@@ -46,13 +47,19 @@ PREFERENCES: dict[str, dict[str, Callable[[torch.Tensor], torch.Tensor]]] = {
 }
 
 
-def resolve_preference(pref, env_id: str | None) -> Callable[[torch.Tensor], torch.Tensor] | None:
-    """``None``, a callable, a shipped name for ``env_id``, or ``"module:callable"``."""
+def resolve_preference(
+    pref, env_id: str | None, trust_remote_code: bool = False
+) -> Callable[[torch.Tensor], torch.Tensor] | None:
+    """``None``, a callable, a shipped name for ``env_id``, or ``"module:callable"`` (with ``trust_remote_code``)."""
     if pref is None or callable(pref):
         return pref
     if not isinstance(pref, str):
-        raise TypeError(f"preference must be None, a callable or a string, got {type(pref).__name__}")
+        raise ValueError(f"preference must be None, a callable or a string, got {type(pref).__name__}")
     if ":" in pref:
+        if not trust_remote_code:
+            raise ValueError(
+                f"preference {pref!r} names code to import; pass the callable itself, or trust_remote_code=True"
+            )
         module, _, name = pref.partition(":")
         fn = getattr(importlib.import_module(module), name, None)
         if not callable(fn):
@@ -62,3 +69,14 @@ def resolve_preference(pref, env_id: str | None) -> Callable[[torch.Tensor], tor
     if pref not in shipped:
         raise ValueError(f"no preference {pref!r} for {env_id}; shipped: {sorted(shipped) or 'none'}")
     return shipped[pref]
+
+
+def describe_preference(fn, name: str) -> tuple[str, str]:
+    """How a preference is saved: ``("none" | "shipped" | "import" | "callable", name)``."""
+    if fn is None:
+        return "none", ""
+    if name and ":" in name:
+        return "import", name
+    if name:
+        return "shipped", name
+    return "callable", f"{getattr(fn, '__module__', '?')}.{getattr(fn, '__qualname__', repr(fn))}"

@@ -18,7 +18,7 @@ from torch import nn
 
 from eqagent.energy.activations import Activation, get_activation
 
-__all__ = ["Cost", "CrossEntropyCost", "LogitCrossEntropyCost", "MSECost", "make_cost"]
+__all__ = ["Cost", "CrossEntropyCost", "LogitCrossEntropyCost", "MSECost", "WorldModelCost", "make_cost"]
 
 
 class Cost(nn.Module):
@@ -177,6 +177,44 @@ class LogitCrossEntropyCost(Cost):
 
     def grad_state(self, s_out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         return torch.softmax(s_out, dim=-1) - target
+
+
+class WorldModelCost(Cost):
+    """Cost on the world model's output ``[Δobs (d), reward (1), termination logit (1)]``.
+
+    ``C = ½‖Δ̂ − Δ‖² + ½(r̂ − r)² + w·BCE(σ(t̂), t)`` in normalised units.
+    """
+
+    def __init__(self, obs_dim: int, term_weight: float = 1.0) -> None:
+        super().__init__()
+        self.obs_dim = obs_dim
+        self.term_weight = float(term_weight)
+
+    def check_target(self, target: torch.Tensor, s_out: torch.Tensor) -> torch.Tensor:
+        target = torch.as_tensor(target).to(device=s_out.device, dtype=s_out.dtype)
+        if target.shape[-1] != self.obs_dim + 2:
+            raise ValueError(
+                f"world-model target must have {self.obs_dim + 2} columns, got {tuple(target.shape)}"
+            )
+        if target.dim() == 2:
+            target = target.unsqueeze(0).expand_as(s_out)
+        if target.shape != s_out.shape:
+            raise ValueError(f"world-model target shape {tuple(target.shape)} != output {tuple(s_out.shape)}")
+        if not torch.isfinite(target).all():
+            raise ValueError("world-model target contains NaN or inf")
+        return target
+
+    def value(self, s_out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        k = self.obs_dim + 1
+        sq = 0.5 * ((s_out[..., :k] - target[..., :k]) ** 2).sum(-1)
+        bce = nn.functional.binary_cross_entropy_with_logits(s_out[..., k], target[..., k], reduction="none")
+        return sq + self.term_weight * bce
+
+    def grad_state(self, s_out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        k = self.obs_dim + 1
+        g = s_out - target
+        g[..., k] = self.term_weight * (torch.sigmoid(s_out[..., k]) - target[..., k])
+        return g
 
 
 def make_cost(name: str, out_features: int, num_classes: int | None = None, **kwargs) -> Cost:

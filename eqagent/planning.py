@@ -2,7 +2,7 @@
 free energy.
 
 For candidate sequences ``π`` the world model's ensemble imagines ``H`` steps (one batched pass per step for all
-candidates × members). With ``alive_t = Π_{k<t}(1 − p_term,k)``:
+envs × candidates × members). With ``alive_t = Π_{k<t}(1 − p_term,k)``:
 
     G(π) = − Σ_t γ^t alive_t · r̂_t                  (pragmatic: predicted reward, or −preference energy)
            + λ_term · Σ_t γ^t alive_t · p_term,t      (termination risk)
@@ -11,12 +11,15 @@ candidates × members). With ``alive_t = Π_{k<t}(1 − p_term,k)``:
 averaged over ensemble members. With a ``terminal_value`` ``V`` (e.g. :class:`eqagent.value.EPValueFunction`) the
 pragmatic term also counts what lies past the horizon: ``− γ^H alive_H · V(ô_H)``. With a ``preference`` (an
 energy over observations, lower = preferred) the pragmatic term is ``−Σ γ^t alive_t · (−preference(ô_{t+1}))``
-(and the reward value is not used). The planner returns the first action of the best
-sequence and the world model's free-phase prediction for it (kept for learning, not recomputed).
+(and the reward value is not used). The planner returns the first action of the best sequence and the world
+model's free-phase prediction for it (kept for learning, not recomputed).
 
 Search: :class:`CEMPlanner` — exact enumeration for small discrete spaces (``n^H ≤ candidates``), else the
-cross-entropy method over sequences (categorical for Discrete, Gaussian for Box actions), warm-started from the
-previous step's distribution shifted by one.
+cross-entropy method over sequences (categorical for Discrete, Gaussian for Box actions). It plans for a batch of
+observations (one per env) in one call. A call is a pure function of the world model, the observations, the warm
+start passed in (``state``: the previous plan's distribution, shifted by one step) and the random generator: it
+keeps nothing between calls, so the caller decides what carries over (an agent passes its training state; SB3's
+``predict`` passes the recurrent ``state``).
 """
 
 from __future__ import annotations
@@ -30,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from eqagent.validation import check_finite_fields
+
 __all__ = ["CEMPlanner", "PlanResult", "Planner", "PlannerConfig", "expected_free_energy"]
 
 Preference = Callable[[torch.Tensor], torch.Tensor]
@@ -41,7 +46,7 @@ class PlannerConfig:
 
     Attributes:
         horizon: Imagined steps H.
-        candidates: Sequences scored per CEM iteration.
+        candidates: Sequences scored per CEM iteration (per env).
         iterations: CEM iterations (1 = random shooting).
         elites: Sequences the distribution is refitted to.
         discount: γ.
@@ -49,21 +54,20 @@ class PlannerConfig:
         epistemic_weight: λ_epi, weight of the ensemble disagreement (exploration bonus).
         smoothing: Weight of the old distribution when refitting (0: none).
         min_std: Floor of the Gaussian std (Box actions, in units of the action range).
-        seed: Seed of the candidate sampler.
     """
 
     horizon: int = 15
-    candidates: int = 256
+    candidates: int = 128
     iterations: int = 3
-    elites: int = 32
+    elites: int = 16
     discount: float = 0.99
-    termination_penalty: float = 1.0
+    termination_penalty: float = 10.0
     epistemic_weight: float = 0.0
     smoothing: float = 0.1
     min_std: float = 0.05
-    seed: int = 0
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
         if self.horizon < 1 or self.candidates < 1 or self.iterations < 1:
             raise ValueError("horizon, candidates and iterations must be >= 1")
         if not 1 <= self.elites <= self.candidates:
@@ -72,23 +76,27 @@ class PlannerConfig:
             raise ValueError(f"discount must lie in (0, 1], got {self.discount}")
         if not 0 <= self.smoothing < 1:
             raise ValueError(f"smoothing must lie in [0, 1), got {self.smoothing}")
+        if self.termination_penalty < 0 or self.epistemic_weight < 0 or not 0 < self.min_std <= 1:
+            raise ValueError("termination_penalty and epistemic_weight must be >= 0, min_std in (0, 1]")
 
 
 @dataclass
 class PlanResult:
-    """Outcome of one planning call.
+    """Outcome of one planning call for ``E`` observations.
 
     Attributes:
-        action: First action of the best sequence (int for Discrete, array for Box).
-        free_energy: Its expected free energy G.
-        prediction: The world model's free-phase output for ``(obs, action)``, ``(M, 1, out)`` (kept for learning).
-        sequence: The best sequence.
+        action: First action of each env's best sequence: ``(E,)`` int64 (Discrete) or ``(E, A)`` float32 (Box).
+        free_energy: Its expected free energy G, ``(E,)``.
+        prediction: The world model's free-phase output for ``(obs, action)``, ``(M, E, out)`` (kept for learning).
+        sequence: The best sequences, ``(E, H)`` or ``(E, H, A)``.
+        state: The warm start for the next call (this plan's distribution), ``(E, H, K)`` float32.
     """
 
-    action: int | np.ndarray
-    free_energy: float
-    prediction: torch.Tensor | None
+    action: np.ndarray
+    free_energy: np.ndarray
+    prediction: torch.Tensor
     sequence: np.ndarray
+    state: np.ndarray
 
 
 def expected_free_energy(
@@ -101,7 +109,7 @@ def expected_free_energy(
     term = imagined["term_prob"].clamp(0, 1)  # (M, N, H)
     alive = torch.cumprod(torch.cat([torch.ones_like(term[..., :1]), 1 - term], -1), -1)  # (M, N, H + 1)
     h = term.shape[-1]
-    disc = cfg.discount ** torch.arange(h + 1, dtype=term.dtype)
+    disc = cfg.discount ** torch.arange(h + 1, dtype=term.dtype, device=term.device)
     tail = 0.0
     if preference is None and terminal_value is not None:
         tail = (disc[h] * alive[..., h] * terminal_value(imagined["obs"][:, :, h])).mean(0)  # (N,)
@@ -122,23 +130,26 @@ def expected_free_energy(
 class Planner(ABC):
     """Abstract planner.
 
-    Contract: ``plan(obs)`` returns a :class:`PlanResult` for one observation using only the world model's
-    ``imagine(obs, sequences)`` (whose ``first_out`` is the free-phase output of each sequence's first step); ``reset()`` forgets warm starts (call it at
-    episode starts). Planners hold no env reference, so agents can swap them.
+    Contract: ``plan(obs, state, generator)`` returns a :class:`PlanResult` for a batch of observations ``(E, d)``
+    using only the world model's ``imagine(obs, sequences)`` (whose ``first_out`` is the free-phase output of each
+    sequence's first step). It keeps nothing between calls: ``state`` (``None`` for a cold start) carries the
+    warm start, ``generator`` the randomness. Planners hold no env reference, so agents can swap them.
     """
 
     @abstractmethod
-    def plan(self, obs: np.ndarray) -> PlanResult: ...
-
-    def reset(self) -> None:  # noqa: B027 - optional hook
-        """Forget warm starts."""
+    def plan(
+        self,
+        obs: np.ndarray | torch.Tensor,
+        state: np.ndarray | None = None,
+        generator: torch.Generator | None = None,
+    ) -> PlanResult: ...
 
 
 class CEMPlanner(Planner):
     """Enumeration / CEM planner over action sequences (see the module docstring).
 
     Args:
-        world_model: An object with ``imagine``, ``discrete``, ``act_dim`` and, for Box
+        world_model: An object with ``imagine``, ``discrete``, ``act_dim``, ``obs_dim``, ``device`` and, for Box
             actions, ``act_low``/``act_high`` (an :class:`eqagent.world_model.EPWorldModel`).
         config: :class:`PlannerConfig`.
         preference: Optional energy over observations ``(..., d) → (...)`` (lower = preferred).
@@ -157,76 +168,126 @@ class CEMPlanner(Planner):
         self.cfg = config or PlannerConfig()
         self.preference = preference
         self.terminal_value = terminal_value
-        self.rng = np.random.default_rng(self.cfg.seed)
-        self._dist: tuple[np.ndarray, np.ndarray] | np.ndarray | None = None
         n, h = self.wm.act_dim, self.cfg.horizon
         self._enumerate = self.wm.discrete and n**h <= self.cfg.candidates
         if self._enumerate:
-            self._all = np.array(list(itertools.product(range(n), repeat=h)), dtype=np.int64)
+            self._all = torch.tensor(list(itertools.product(range(n), repeat=h)), dtype=torch.long)
+        self.state_width = n if self.wm.discrete else 2 * n
 
-    def reset(self) -> None:
-        self._dist = None
+    @property
+    def device(self) -> torch.device:
+        return torch.device(getattr(self.wm, "device", "cpu"))
 
-    def _score(self, obs: np.ndarray, seqs: np.ndarray) -> tuple[np.ndarray, torch.Tensor]:
-        """Expected free energy per sequence and the first step's free-phase outputs ``(M, N, out)``."""
-        imagined = self.wm.imagine(obs, seqs)
+    def cold_state(self, e: int) -> np.ndarray:
+        """The distribution a plan starts from without a warm start, as a ``state`` ``(E, H, K)``: uniform over
+        the actions (Discrete), or centred on the action box with half its span as std (Box)."""
+        h, n = self.cfg.horizon, self.wm.act_dim
+        if self.wm.discrete:
+            return np.full((e, h, n), 1.0 / n, np.float32)
+        low, high = self.wm.act_low.cpu().numpy(), self.wm.act_high.cpu().numpy()
+        row = np.concatenate([(low + high) / 2, (high - low) / 2]).astype(np.float32)
+        return np.broadcast_to(row, (e, h, 2 * n)).copy()
+
+    def _score(self, obs: torch.Tensor, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """G ``(E, C)`` and the first step's free-phase outputs ``(M, E, C, out)`` of sequences ``(E, C, H[, A])``."""
+        e, c = seqs.shape[:2]
+        flat_obs = obs[:, None].expand(e, c, obs.shape[-1]).reshape(e * c, -1)
+        imagined = self.wm.imagine(flat_obs, seqs.reshape(e * c, *seqs.shape[2:]))
         g = expected_free_energy(imagined, self.cfg, self.preference, self.terminal_value)
-        return g.numpy(), imagined["first_out"]
+        first = imagined["first_out"]
+        return g.view(e, c), first.view(first.shape[0], e, c, first.shape[-1])
 
-    def plan(self, obs: np.ndarray) -> PlanResult:
-        obs = np.asarray(obs, dtype=np.float32)
-        self._best = (None, math.inf, None)  # (sequence, G, first-step output) over all scored candidates
+    def plan(
+        self,
+        obs: np.ndarray | torch.Tensor,
+        state: np.ndarray | None = None,
+        generator: torch.Generator | None = None,
+    ) -> PlanResult:
+        obs = torch.as_tensor(np.asarray(obs, dtype=np.float32) if not torch.is_tensor(obs) else obs)
+        obs = obs.to(self.device, torch.float32).reshape(-1, self.wm.obs_dim)  # (E, d)
+        e, h = obs.shape[0], self.cfg.horizon
+        if state is not None:
+            state = torch.as_tensor(np.asarray(state, dtype=np.float32), device=self.device)
+            if state.shape != (e, h, self.state_width):
+                raise ValueError(
+                    f"planner state must have shape {(e, h, self.state_width)}, got {tuple(state.shape)}"
+                )
+        best = _Best(e)
         if self._enumerate:
-            self._consider(self._all, *self._score(obs, self._all))
+            seqs = self._all.to(self.device).expand(e, *self._all.shape)
+            best.consider(seqs, *self._score(obs, seqs))
+            new_state = torch.full((e, h, self.wm.act_dim), 1.0 / self.wm.act_dim, device=self.device)
         elif self.wm.discrete:
-            self._cem_discrete(obs)
+            new_state = self._cem_discrete(obs, state, generator, best)
         else:
-            self._cem_box(obs)
-        seq, g_best, pred = self._best
-        action = int(seq[0]) if self.wm.discrete else seq[0].astype(np.float32)
-        return PlanResult(action=action, free_energy=g_best, prediction=pred, sequence=seq)
+            new_state = self._cem_box(obs, state, generator, best)
+        seq = best.seq.cpu().numpy()
+        action = seq[:, 0].astype(np.int64) if self.wm.discrete else seq[:, 0].astype(np.float32)
+        return PlanResult(action=action, free_energy=best.g.cpu().numpy(), prediction=best.pred,
+                          sequence=seq, state=new_state.cpu().numpy().astype(np.float32))  # fmt: skip
 
-    def _consider(self, seqs: np.ndarray, g: np.ndarray, first_out: torch.Tensor) -> np.ndarray:
-        """Keeps the best sequence so far (with its kept prediction); returns ``argsort(g)``."""
-        order = np.argsort(g)
-        i = int(order[0])
-        if g[i] < self._best[1]:
-            self._best = (seqs[i].copy(), float(g[i]), first_out[:, i : i + 1].clone())
-        return order
-
-    def _cem_discrete(self, obs: np.ndarray) -> None:
+    def _cem_discrete(self, obs, state, gen, best: _Best) -> torch.Tensor:
         c, n, h = self.cfg, self.wm.act_dim, self.cfg.horizon
-        probs = np.full((h, n), 1.0 / n)
-        if isinstance(self._dist, np.ndarray):  # warm start: shift by one, uniform at the end
-            probs[:-1] = 0.5 * self._dist[1:] + 0.5 / n
+        e = obs.shape[0]
+        probs = torch.full((e, h, n), 1.0 / n, device=self.device)
+        if state is not None:  # warm start: shift by one, uniform at the end
+            probs[:, :-1] = 0.5 * state[:, 1:] + 0.5 / n
         for _ in range(c.iterations):
-            cum = probs.cumsum(-1)
-            u = self.rng.random((c.candidates, h, 1))
-            seqs = (u > cum[None]).sum(-1).clip(0, n - 1)
-            if self._best[0] is not None:
-                seqs[0] = self._best[0]
-            order = self._consider(seqs, *self._score(obs, seqs))
-            elite = seqs[order[: c.elites]]
-            freq = np.stack([(elite == a).mean(0) for a in range(n)], -1)
+            u = torch.rand(e, c.candidates, h, 1, generator=gen, device=self.device)
+            seqs = (u > probs.cumsum(-1)[:, None]).sum(-1).clamp_max(n - 1)  # (E, C, H)
+            if best.seq is not None:
+                seqs[:, 0] = best.seq
+            g, first = self._score(obs, seqs)
+            best.consider(seqs, g, first)
+            elite = seqs.gather(
+                1, g.topk(c.elites, dim=1, largest=False).indices[..., None].expand(-1, -1, h)
+            )
+            freq = torch.nn.functional.one_hot(elite, n).float().mean(1)  # (E, H, n)
             probs = c.smoothing * probs + (1 - c.smoothing) * freq
-        self._dist = probs
+        return probs
 
-    def _cem_box(self, obs: np.ndarray) -> None:
-        c, h = self.cfg, self.cfg.horizon
-        low = self.wm.act_low.numpy()
-        high = self.wm.act_high.numpy()
+    def _cem_box(self, obs, state, gen, best: _Best) -> torch.Tensor:
+        c, h, a = self.cfg, self.cfg.horizon, self.wm.act_dim
+        e = obs.shape[0]
+        low, high = self.wm.act_low, self.wm.act_high
         span = high - low
-        mean = np.tile((low + high) / 2, (h, 1))
-        std = np.tile(span / 2, (h, 1))
-        if isinstance(self._dist, tuple):
-            mean[:-1] = self._dist[0][1:]
+        mean = ((low + high) / 2).expand(e, h, a).clone()
+        std = (span / 2).expand(e, h, a).clone()
+        if state is not None:
+            mean[:, :-1] = state[:, 1:, :a]
         for _ in range(c.iterations):
-            seqs = np.clip(mean + std * self.rng.standard_normal((c.candidates, h, len(low))), low, high)
-            seqs = seqs.astype(np.float32)
-            if self._best[0] is not None:
-                seqs[0] = self._best[0]
-            order = self._consider(seqs, *self._score(obs, seqs))
-            elite = seqs[order[: c.elites]]
-            mean = c.smoothing * mean + (1 - c.smoothing) * elite.mean(0)
-            std = np.maximum(c.smoothing * std + (1 - c.smoothing) * elite.std(0), c.min_std * span)
-        self._dist = (mean, std)
+            noise = torch.randn(e, c.candidates, h, a, generator=gen, device=self.device)
+            seqs = torch.maximum(torch.minimum(mean[:, None] + std[:, None] * noise, high), low)
+            if best.seq is not None:
+                seqs[:, 0] = best.seq
+            g, first = self._score(obs, seqs)
+            best.consider(seqs, g, first)
+            idx = g.topk(c.elites, dim=1, largest=False).indices[..., None, None].expand(-1, -1, h, a)
+            elite = seqs.gather(1, idx)  # (E, k, H, A)
+            mean = c.smoothing * mean + (1 - c.smoothing) * elite.mean(1)
+            spread = elite.std(1, unbiased=False)
+            std = torch.maximum(c.smoothing * std + (1 - c.smoothing) * spread, c.min_std * span)
+        return torch.cat([mean, std], -1)
+
+
+class _Best:
+    """Each env's best sequence so far, its G and its kept first-step prediction."""
+
+    def __init__(self, e: int) -> None:
+        self.seq: torch.Tensor | None = None
+        self.g = torch.full((e,), math.inf)
+        self.pred: torch.Tensor | None = None
+
+    def consider(self, seqs: torch.Tensor, g: torch.Tensor, first: torch.Tensor) -> None:
+        """``seqs`` ``(E, C, ...)``, ``g`` ``(E, C)``, ``first`` ``(M, E, C, out)``."""
+        e = seqs.shape[0]
+        rows = torch.arange(e, device=g.device)
+        gmin, i = g.min(1)
+        cand_seq, cand_pred = seqs[rows, i], first[:, rows, i]  # (E, ...), (M, E, out)
+        if self.seq is None:
+            self.seq, self.g, self.pred = cand_seq.clone(), gmin, cand_pred.clone()
+            return
+        better = gmin < self.g.to(g.device)
+        self.seq[better] = cand_seq[better]
+        self.g = torch.where(better, gmin, self.g.to(g.device))
+        self.pred[:, better] = cand_pred[:, better]

@@ -24,6 +24,7 @@ from torch import nn
 from eqagent.costs import MSECost
 from eqagent.energy import EnsembleMLPEnergy
 from eqagent.ep import EPConfig, ep_gradients
+from eqagent.validation import check_finite_fields
 
 __all__ = ["EPValueFunction", "ValueConfig"]
 
@@ -51,10 +52,16 @@ class ValueConfig:
     beta: float = 0.01
     settle_steps: int = 3
     batch_size: int = 64
-    tau: float = 0.01
+    tau: float = 0.05
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_finite_fields(self)
+        self.hidden = tuple(int(n) for n in self.hidden)
+        if any(n < 1 for n in self.hidden) or self.settle_steps < 1:
+            raise ValueError(
+                f"hidden sizes and settle_steps must be >= 1, got {self.hidden}, {self.settle_steps}"
+            )
         if not 0 < self.discount < 1:
             raise ValueError(f"value discount must lie in (0, 1), got {self.discount}")
         if not 0 < self.tau <= 1 or not self.lr > 0 or not self.beta > 0:
@@ -79,6 +86,7 @@ class EPValueFunction(nn.Module):
         gen = torch.Generator().manual_seed(cfg.seed + 7919)
         d = world_model.obs_dim
         self.energy = EnsembleMLPEnergy([d, *cfg.hidden, 1], cfg.members, "tanh", generator=gen)
+        self.energy.to(world_model.device)
         self.target = copy.deepcopy(self.energy).requires_grad_(False)
         self.cost = MSECost()
         self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=cfg.lr)
@@ -113,7 +121,7 @@ class EPValueFunction(nn.Module):
         if n == 0:
             return float("nan")
         idx = self.rng.integers(0, n, size=(cfg.members, min(cfg.batch_size, n)))
-        o, _, no, r, t = (torch.from_numpy(v) for v in wm.replay.sample(idx))
+        o, _, no, r, t = (torch.from_numpy(v).to(wm.device) for v in wm.replay.sample(idx))
         with torch.no_grad():
             boot = self.target(self._input(no))[..., 0]  # (M, B)
             y = ((1 - cfg.discount) * r / self._kappa() + cfg.discount * (1 - t) * boot)[..., None]

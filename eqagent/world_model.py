@@ -23,124 +23,14 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
-from eqagent.costs import Cost
+from eqagent.buffers import ReplayBuffer, RunningNormalizer
+from eqagent.costs import WorldModelCost
 from eqagent.energy import EnsembleMLPEnergy, propagate
 from eqagent.ep import EPConfig, ep_gradients
 from eqagent.surprise import SurpriseGate, SurpriseGateConfig
+from eqagent.validation import check_finite_fields
 
 __all__ = ["EPWorldModel", "ReplayBuffer", "RunningNormalizer", "WorldModelConfig", "WorldModelCost"]
-
-
-class RunningNormalizer(nn.Module):
-    """Online mean/std (Welford over all data seen), saved as buffers.
-
-    Args:
-        dim: Feature dimension.
-        min_std: Floor of the standard deviation.
-    """
-
-    def __init__(self, dim: int, min_std: float = 1e-3) -> None:
-        super().__init__()
-        self.min_std = float(min_std)
-        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
-        self.register_buffer("mean", torch.zeros(dim, dtype=torch.float64))
-        self.register_buffer("m2", torch.zeros(dim, dtype=torch.float64))
-
-    def update(self, x: torch.Tensor) -> None:
-        x = x.detach().to(torch.float64).reshape(-1, self.mean.shape[0])
-        n = x.shape[0]
-        if n == 0:
-            return
-        bmean = x.mean(0)
-        bm2 = ((x - bmean) ** 2).sum(0)
-        tot = self.count + n
-        delta = bmean - self.mean
-        self.mean += delta * n / tot
-        self.m2 += bm2 + delta**2 * self.count * n / tot
-        self.count.fill_(float(tot))
-
-    @property
-    def std(self) -> torch.Tensor:
-        var = self.m2 / self.count.clamp_min(1.0)
-        return var.sqrt().clamp_min(self.min_std)
-
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
-
-    def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.std.to(x.dtype) + self.mean.to(x.dtype)
-
-
-class ReplayBuffer:
-    """A bounded FIFO of transitions (numpy ring buffer): memory is fixed at construction."""
-
-    def __init__(self, capacity: int, obs_dim: int, act_dim: int) -> None:
-        if capacity < 1:
-            raise ValueError(f"replay capacity must be >= 1, got {capacity}")
-        self.capacity = int(capacity)
-        self.obs = np.zeros((capacity, obs_dim), np.float32)
-        self.act = np.zeros((capacity, act_dim), np.float32)
-        self.next_obs = np.zeros((capacity, obs_dim), np.float32)
-        self.reward = np.zeros(capacity, np.float32)
-        self.term = np.zeros(capacity, np.float32)
-        self.size = 0
-        self.pos = 0
-
-    def add(self, obs, act, next_obs, reward, term) -> None:
-        i = self.pos
-        self.obs[i], self.act[i], self.next_obs[i] = obs, act, next_obs
-        self.reward[i], self.term[i] = reward, term
-        self.pos = (self.pos + 1) % self.capacity
-        self.size = min(self.size + 1, self.capacity)
-
-    def sample(self, idx: np.ndarray) -> tuple[np.ndarray, ...]:
-        return self.obs[idx], self.act[idx], self.next_obs[idx], self.reward[idx], self.term[idx]
-
-    def keep_last(self, n: int) -> None:
-        """Forgets all but the ``n`` newest transitions (kept in order at the start of the buffer)."""
-        n = max(0, min(int(n), self.size))
-        idx = (self.pos - n + np.arange(n)) % self.capacity
-        for arr in (self.obs, self.act, self.next_obs, self.reward, self.term):
-            arr[:n] = arr[idx].copy()
-        self.size, self.pos = n, n % self.capacity
-
-
-class WorldModelCost(Cost):
-    """Cost on the world model's output ``[Δobs (d), reward (1), termination logit (1)]``.
-
-    ``C = ½‖Δ̂ − Δ‖² + ½(r̂ − r)² + w·BCE(σ(t̂), t)`` in normalised units.
-    """
-
-    def __init__(self, obs_dim: int, term_weight: float = 1.0) -> None:
-        super().__init__()
-        self.obs_dim = obs_dim
-        self.term_weight = float(term_weight)
-
-    def check_target(self, target: torch.Tensor, s_out: torch.Tensor) -> torch.Tensor:
-        target = torch.as_tensor(target).to(device=s_out.device, dtype=s_out.dtype)
-        if target.shape[-1] != self.obs_dim + 2:
-            raise ValueError(
-                f"world-model target must have {self.obs_dim + 2} columns, got {tuple(target.shape)}"
-            )
-        if target.dim() == 2:
-            target = target.unsqueeze(0).expand_as(s_out)
-        if target.shape != s_out.shape:
-            raise ValueError(f"world-model target shape {tuple(target.shape)} != output {tuple(s_out.shape)}")
-        if not torch.isfinite(target).all():
-            raise ValueError("world-model target contains NaN or inf")
-        return target
-
-    def value(self, s_out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        k = self.obs_dim + 1
-        sq = 0.5 * ((s_out[..., :k] - target[..., :k]) ** 2).sum(-1)
-        bce = nn.functional.binary_cross_entropy_with_logits(s_out[..., k], target[..., k], reduction="none")
-        return sq + self.term_weight * bce
-
-    def grad_state(self, s_out: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        k = self.obs_dim + 1
-        g = s_out - target
-        g[..., k] = self.term_weight * (torch.sigmoid(s_out[..., k]) - target[..., k])
-        return g
 
 
 @dataclass
@@ -191,14 +81,25 @@ class WorldModelConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        if len(self.hidden) < 1 or any(int(n) < 1 for n in self.hidden):
+        check_finite_fields(self)
+        self.hidden = tuple(int(n) for n in self.hidden)
+        if len(self.hidden) < 1 or any(n < 1 for n in self.hidden):
             raise ValueError(f"hidden must list at least one positive layer size, got {self.hidden}")
         if self.learner not in ("ep", "bp"):
             raise ValueError(f"learner must be 'ep' or 'bp', got {self.learner!r}")
         if self.members < 1 or self.batch_size < 1 or self.updates_per_step < 0:
             raise ValueError("members and batch_size must be >= 1, updates_per_step >= 0")
-        if not self.lr > 0 or not self.beta > 0:
-            raise ValueError(f"lr and beta must be > 0, got {self.lr}, {self.beta}")
+        if not self.lr > 0 or not self.beta > 0 or self.settle_steps < 1 or self.replay_size < 1:
+            raise ValueError(
+                f"lr and beta must be > 0, settle_steps and replay_size >= 1, got {self.lr}, {self.beta}, "
+                f"{self.settle_steps}, {self.replay_size}"
+            )
+        if self.activation not in ("tanh", "relu", "sigmoid"):
+            raise ValueError(f"activation must be tanh, relu or sigmoid, got {self.activation!r}")
+        if self.term_weight < 0 or self.shift_z <= 0:
+            raise ValueError(
+                f"term_weight must be >= 0 and shift_z > 0, got {self.term_weight}, {self.shift_z}"
+            )
         if self.shift_window < 1 or self.shift_cooldown < 0:
             raise ValueError(
                 f"shift_window must be >= 1 and shift_cooldown >= 0, got {self.shift_window}, {self.shift_cooldown}"
@@ -225,13 +126,21 @@ class EPWorldModel(nn.Module):
         observation_space: A 1-D ``Box``.
         action_space: ``Discrete`` or 1-D ``Box``.
         config: :class:`WorldModelConfig`.
+        device: Where the ensemble, its normalisers and its updates live (the replay stays in host memory).
     """
 
-    def __init__(self, observation_space, action_space, config: WorldModelConfig | None = None) -> None:
+    def __init__(
+        self,
+        observation_space: spaces.Space,
+        action_space: spaces.Space,
+        config: WorldModelConfig | None = None,
+        device: str | torch.device = "cpu",
+    ) -> None:
         super().__init__()
         self.config = cfg = config or WorldModelConfig()
         self.obs_dim, self.act_dim, self.discrete = _space_dims(observation_space, action_space)
         self.action_space = action_space
+        self.device = torch.device(device)
         if not self.discrete:
             low, high = action_space.low.astype(np.float32), action_space.high.astype(np.float32)
             if not (np.all(np.isfinite(low)) and np.all(np.isfinite(high))):
@@ -247,6 +156,7 @@ class EPWorldModel(nn.Module):
         self.obs_norm = RunningNormalizer(self.obs_dim)
         self.delta_norm = RunningNormalizer(self.obs_dim)
         self.reward_norm = RunningNormalizer(1)
+        self.to(self.device)
         self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=cfg.lr)
         self.ep = EPConfig(beta=cfg.beta, symmetric=True, free_steps=0, nudged_steps=cfg.settle_steps)
         self.gate = SurpriseGate(cfg.gate_config)
@@ -259,9 +169,15 @@ class EPWorldModel(nn.Module):
         self._since_shift = cfg.shift_cooldown
 
     # ------------------------------------------------------------------ encoding
+    def _tensor(self, x) -> torch.Tensor:
+        """``x`` as a float32 tensor on the model's device."""
+        t = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
+        return t.to(device=self.device, dtype=torch.float32)
+
     def encode_action(self, action) -> torch.Tensor:
         """One-hot (Discrete) or scaled to [−1, 1] (Box); shape ``(..., act_dim)``."""
-        a = torch.as_tensor(np.asarray(action))
+        a = action if torch.is_tensor(action) else torch.as_tensor(np.asarray(action))
+        a = a.to(self.device)
         if self.discrete:
             if a.is_floating_point():
                 a = a.round()
@@ -278,8 +194,9 @@ class EPWorldModel(nn.Module):
         return 2 * (a - self.act_low) / (self.act_high - self.act_low).clamp_min(1e-8) - 1
 
     def _check_obs(self, obs) -> torch.Tensor:
-        o = torch.as_tensor(np.asarray(obs), dtype=torch.float32)
-        if o.shape[-1] != self.obs_dim:
+        o = obs if torch.is_tensor(obs) else torch.as_tensor(np.asarray(obs, dtype=np.float32))
+        o = o.to(device=self.device, dtype=torch.float32)
+        if o.dim() == 0 or o.shape[-1] != self.obs_dim:
             raise ValueError(f"observations must have last dimension {self.obs_dim}, got {tuple(o.shape)}")
         if not torch.isfinite(o).all():
             raise ValueError("observation contains NaN or inf")
@@ -344,8 +261,10 @@ class EPWorldModel(nn.Module):
             ``disagreement`` ``(N, H)``, and ``first_out`` ``(M, N, d + 2)``: the raw free-phase output of the first
             step (what :meth:`observe` reuses as the kept prediction).
         """
-        seq = torch.as_tensor(
-            np.asarray(action_sequences) if not torch.is_tensor(action_sequences) else action_sequences
+        seq = (
+            action_sequences
+            if torch.is_tensor(action_sequences)
+            else torch.as_tensor(np.asarray(action_sequences))
         )
         if seq.dim() < 2:
             raise ValueError(f"action_sequences must be (N, H) or (N, H, act_dim), got {tuple(seq.shape)}")
@@ -359,8 +278,10 @@ class EPWorldModel(nn.Module):
         act_pre, w1, rest, out_scale, out_shift, squash = self._rollout_weights(enc)
         o_mean, o_std = self.obs_norm.mean.float(), self.obs_norm.std.float()
         z = ((o - o_mean) / o_std).unsqueeze(0).expand(m, n, d).contiguous()  # (M, N, d) normalised state
-        zs = torch.empty(m, n, h + 1, d)
-        outs = torch.empty(h, m, n, self.out_dim)  # folded outputs: [Δz, normalised reward, term logit]
+        zs = torch.empty(m, n, h + 1, d, device=self.device)
+        outs = torch.empty(
+            h, m, n, self.out_dim, device=self.device
+        )  # folded outputs: [Δz, normalised reward, term logit]
         zs[:, :, 0] = z
         last = len(rest) + 1
 
@@ -447,54 +368,82 @@ class EPWorldModel(nn.Module):
             dim=-1,
         )
 
-    def prediction_error(self, out: torch.Tensor, obs, next_obs, reward) -> float:
-        """Squared error of the ensemble-mean normalised Δobs and reward prediction vs the real outcome."""
+    def prediction_errors(self, out: torch.Tensor, obs, next_obs, reward) -> torch.Tensor:
+        """Squared error per transition ``(B,)`` of the ensemble-mean normalised Δobs and reward prediction
+        ``out`` ``(M, B, d + 2)`` vs the real outcome."""
         o = self._check_obs(obs).reshape(-1, self.obs_dim)
         no = self._check_obs(next_obs).reshape(-1, self.obs_dim)
-        r = torch.as_tensor(np.asarray(reward), dtype=torch.float32).reshape(-1)
+        r = self._tensor(reward).reshape(-1)
         tgt = self._targets(o, no, r, torch.zeros_like(r))[..., : self.obs_dim + 1]
         pred = out.mean(0)[..., : self.obs_dim + 1]
-        return float(((pred - tgt) ** 2).mean())
+        return ((pred - tgt) ** 2).mean(-1)
+
+    def prediction_error(self, out: torch.Tensor, obs, next_obs, reward) -> float:
+        """Mean of :meth:`prediction_errors` over the batch."""
+        return float(self.prediction_errors(out, obs, next_obs, reward).mean())
 
     def observe(
-        self, obs, action, next_obs, reward: float, terminated: bool, prediction: torch.Tensor | None = None
-    ):
-        """Learns from one real transition (see the module docstring).
+        self, obs, action, next_obs, reward, terminated, prediction: torch.Tensor | None = None
+    ) -> dict[str, float | bool]:
+        """Learns from one real transition, or from one per env of a vector env (see the module docstring).
 
         Args:
-            obs, action, next_obs, reward, terminated: The transition.
-            prediction: The kept free-phase output ``(M, 1, d + 2)`` for ``(obs, action)`` (e.g. from planning);
+            obs, action, next_obs, reward, terminated: The transition(s): ``(d,)``, action, ``(d,)``, float, bool;
+                or ``E`` of each (leading dimension ``E``).
+            prediction: The kept free-phase output ``(M, E, d + 2)`` for ``(obs, action)`` (e.g. from planning);
                 computed here when ``None``.
 
+        Every transition goes to the replay and the normalisers, and its error through the surprise gate; then at
+        most ``updates_per_step`` updates run (if the gate is open for any of them), each on the newest
+        transitions plus replay, at the largest gate multiplier.
+
         Returns:
-            ``dict(error, surprise, gate, updated)``.
+            ``dict(error, surprise, gate, updated)`` (means over the ``E`` transitions; the gate's maximum).
         """
-        o, no = self._check_obs(obs), self._check_obs(next_obs)
-        if not np.isfinite(reward):
-            raise ValueError(f"reward must be finite, got {reward}")
+        o = self._check_obs(obs).reshape(-1, self.obs_dim)
+        no = self._check_obs(next_obs).reshape(-1, self.obs_dim)
+        e = o.shape[0]
+        if no.shape[0] != e:
+            raise ValueError(
+                f"obs and next_obs must hold the same number of transitions, got {e} and {no.shape[0]}"
+            )
+        r = np.asarray(reward, dtype=np.float64).reshape(-1)
+        t = np.asarray(terminated, dtype=bool).reshape(-1)
+        if r.shape[0] != e or t.shape[0] != e:
+            raise ValueError(f"expected {e} rewards and termination flags, got {r.shape[0]} and {t.shape[0]}")
+        if not np.all(np.isfinite(r)):
+            raise ValueError(f"reward must be finite, got {r.tolist()}")
+        a = self.encode_action(action).reshape(e, self.act_dim)
         if prediction is None:
-            prediction = self.predict_members(
-                o, np.asarray(action).reshape(1, -1) if not self.discrete else [action]
-            )["out"]
-        error = self.prediction_error(prediction, o, no, reward) if self.observed > 0 else 1.0
-        a = self.encode_action(np.asarray([action]) if self.discrete else np.asarray(action)[None])[0]
-        self.replay.add(o.numpy(), a.numpy(), no.numpy(), float(reward), float(bool(terminated)))
-        self.obs_norm.update(o[None])
-        self.delta_norm.update((no - o)[None])
-        self.reward_norm.update(torch.tensor([[float(reward)]]))
-        self.observed += 1
-        g = (
-            self.gate(error) if (self.config.gate or self.config.forget_on_shift) else 1.0
-        )  # (surprise statistics)
-        g = g if self.config.gate else 1.0
-        if self.config.forget_on_shift:
-            self._detect_shift()
+            prediction = self.predict_members(o, action)["out"]
+        if self.observed > 0:
+            errors = self.prediction_errors(prediction, o, no, r).cpu().numpy().astype(np.float64)
+        else:
+            errors = np.ones(e)  # nothing seen yet: no statistics to read the error against
+        self.replay.add(o.cpu().numpy(), a.cpu().numpy(), no.cpu().numpy(), r, t)
+        self.obs_norm.update(o)
+        self.delta_norm.update(no - o)
+        self.reward_norm.update(torch.as_tensor(r, device=self.device)[:, None])
+        self.observed += e
+        gates, surprises = [], []
+        for err in errors:
+            g = self.gate(float(err)) if (self.config.gate or self.config.forget_on_shift) else 1.0
+            gates.append(g if self.config.gate else 1.0)
+            surprises.append(self.gate.last_surprise)
+            if self.config.forget_on_shift:
+                self._detect_shift()
+        g = max(gates)
         updated = False
         if not (self.config.gate and self.gate.skip(g)):
             for _ in range(self.config.updates_per_step):
-                self.update(lr_scale=g)
+                self.update(lr_scale=g, newest=e)
                 updated = True
-        return {"error": error, "surprise": self.gate.last_surprise, "gate": g, "updated": updated}
+        return {
+            "error": float(errors.mean()),
+            "surprise": float(np.mean(surprises)),
+            "gate": g,
+            "updated": updated,
+        }
 
     def _detect_shift(self) -> None:
         """Declares a shift when the window's mean surprise reaches ``shift_z`` (see :class:`WorldModelConfig`)."""
@@ -513,16 +462,17 @@ class EPWorldModel(nn.Module):
             self._since_shift = 0
             win.clear()
 
-    def update(self, lr_scale: float = 1.0) -> float:
-        """One learning step on the newest transition plus a bootstrapped replay minibatch per member."""
+    def update(self, lr_scale: float = 1.0, newest: int = 1) -> float:
+        """One learning step on the ``newest`` transitions plus a bootstrapped replay minibatch per member."""
         cfg = self.config
         n = self.replay.size
         if n == 0:
             return float("nan")
         m, b = cfg.members, min(cfg.batch_size, n)
+        k = max(1, min(newest, b))
         idx = self.rng.integers(0, n, size=(m, b))
-        idx[:, 0] = (self.replay.pos - 1) % self.replay.capacity  # the newest transition, for every member
-        o, a, no, r, t = (torch.from_numpy(v) for v in self.replay.sample(idx))
+        idx[:, :k] = self.replay.newest(k)  # the newest transitions, for every member
+        o, a, no, r, t = (torch.from_numpy(v).to(self.device) for v in self.replay.sample(idx))
         x = self.model_input(o, a)  # (M, B, in)
         y = self._targets(o, no, r, t)
         for group in self.optimizer.param_groups:

@@ -10,7 +10,11 @@ from eqagent.agents.preferences import resolve_preference
 from eqagent.apps.cli import main
 from stable_baselines3.common.evaluation import evaluate_policy
 
-TINY = dict(hidden=(16, 16), members=3, horizon=8, candidates=32, elites=6, iterations=2, learning_starts=30)
+TINY = dict(
+    world_model=dict(hidden=(16, 16), members=3),
+    planner=dict(horizon=8, candidates=32, elites=6, iterations=2),
+    learning_starts=30,
+)
 
 
 def _returns(policy, n=10, seed=100):
@@ -46,7 +50,6 @@ def test_same_seed_same_run_and_save_load_round_trip(tmp_path):
     a.save(tmp_path / "agent")
     loaded = EPAgent.load(tmp_path / "agent")
     obs = np.array([[0.3], [-0.7], [1.2]], np.float32)
-    a.planner.reset()
     assert np.array_equal(a.predict(obs)[0], loaded.predict(obs)[0])
     assert loaded.num_timesteps == 80
     assert not list(tmp_path.glob("*.safetensors.*"))  # no temp files left behind
@@ -58,6 +61,7 @@ def test_evaluate_policy_and_tensorboard_tags(tmp_path):
     assert np.isfinite(mean)
     run = next(tmp_path.iterdir())
     header = (run / "progress.csv").read_text().splitlines()[0]
+    assert (run / "config.json").exists()
     for tag in (
         "rollout/ep_rew_mean",
         "rollout/ep_len_mean",
@@ -74,7 +78,7 @@ def test_box_actions_and_preferences():
     agent = EPAgent(
         gym.make("eqagent/LineWorld-v0", continuous=True),
         seed=0,
-        preference="tests.test_agent:_prefer_origin",
+        preference=_prefer_origin,
         **TINY,
     ).learn(40)
     a, _ = agent.predict(np.array([0.5], np.float32))
@@ -91,8 +95,10 @@ def _prefer_origin(obs):
 def test_bad_inputs():
     with pytest.raises(ValueError, match="1-D Box observation"):
         EPAgent(_image_env())
-    with pytest.raises(ValueError, match="unknown EPAgent option"):
+    with pytest.raises(ValueError, match="unknown field 'horizn'"):
         EPAgent("eqagent/LineWorld-v0", horizn=3)
+    with pytest.raises(ValueError, match="unknown field 'horizn'"):
+        EPAgent("eqagent/LineWorld-v0", planner=dict(horizn=3))
     agent = EPAgent("eqagent/LineWorld-v0", **TINY)
     with pytest.raises(ValueError, match="NaN"):
         agent.predict(np.array([np.nan], np.float32))
@@ -127,4 +133,13 @@ def test_cli_run_json(tmp_path, capsys):
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     for key in ("steps_to_threshold", "eval_mean", "eval_std", "wall_seconds", "ms_per_action"):
         assert key in out
-    assert len(out["evaluations"]) == 2 and Path(out["run_dir"]).exists()
+    assert [e["step"] for e in out["evaluations"]] == [0, 30, 60]  # the pre-learning score, then every 30
+    run = Path(out["run_dir"])
+    for name in (
+        "evaluations.npz",
+        "best_model.safetensors",
+        "learning_curve.png",
+        "config.json",
+        "progress.csv",
+    ):
+        assert (run / name).exists(), name

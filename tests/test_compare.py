@@ -18,7 +18,7 @@ def test_compare_end_to_end_writes_files_and_shared_tags(tmp_path, capsys):
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert set(result["algos"]) == {"ep", "ppo", "dqn"}
     rows = (out / "evaluations_eqagent_LineWorld-v0.csv").read_text().strip().splitlines()
-    assert rows[0] == "env,algo,seed,step,eval_mean,eval_std" and len(rows) == 1 + 3 * 2
+    assert rows[0] == "env,algo,seed,step,eval_mean,eval_std" and len(rows) == 1 + 3 * 3  # steps 0, 100, 200
     md = (out / "summary_eqagent_LineWorld-v0.md").read_text()
     assert all(f"| {a} |" in md for a in ("ep", "ppo", "dqn"))
     assert (out / "curves_eqagent_LineWorld-v0.png").stat().st_size > 1000
@@ -28,23 +28,32 @@ def test_compare_end_to_end_writes_files_and_shared_tags(tmp_path, capsys):
         acc = EventAccumulator(str(run))
         acc.Reload()
         assert TAGS <= set(acc.Tags()["scalars"]), (run.name, acc.Tags()["scalars"])
-        assert [e.step for e in acc.Scalars("eval/mean_reward")] == [100, 200]
+        assert [e.step for e in acc.Scalars("eval/mean_reward")] == [0, 100, 200]
+        assert "eval/mean_ep_length" in acc.Tags()["scalars"]
 
 
 def test_summary_counts_unreached_seeds_above_the_budget():
-    def run(algo, means):
-        from eqagent.agents.compare import _summary_of_evals
+    def run(algo, means, learned_from=1):
+        from eqagent.agents.evaluation import summarize as summarize_evals
 
-        evals = [{"step": 100 * (i + 1), "mean": m, "std": 0.0} for i, m in enumerate(means)]
+        evals = [
+            {"step": 100 * i, "mean": m, "std": 0.0, "learned": i >= learned_from}
+            for i, m in enumerate(means)
+        ]
         return {"algo": algo, "evaluations": evals, "wall_seconds": 1.0, "env_steps_per_second": 1.0,
-                **_summary_of_evals(evals, 10.0, 500)}  # fmt: skip
+                "budget": 500, **summarize_evals(evals, 10.0)}  # fmt: skip
 
-    runs = [run("a", [0, 12, 5, 11, 11, 11]), run("a", [12, 12, 12, 0, 0]), run("a", [0, 0, 0, 0, 0])]
+    runs = [
+        run("a", [11, 0, 12, 5, 11, 11, 11]),  # 11 before learning: not counted; held from step 400
+        run("a", [0, 12, 12, 12, 0, 0]),  # a peak that falls back: reached at 100, never held
+        run("a", [0, 0, 0, 0, 0, 0]),
+    ]
     s = summarize(runs, 10.0)["a"]
     assert s["steps_to_threshold"] == [200, 100, None]
     assert s["steps_to_threshold_median"] == 200
-    assert s["steps_to_threshold_3"] == [600, 300, None]  # the step of the third evaluation in a row
-    assert s["steps_to_threshold_3_median"] == 600
+    assert s["steps_to_threshold_held"] == [400, None, None]
+    assert s["steps_to_threshold_held_median"] is None
+    assert s["pre_learning_mean"] == pytest.approx((11 + 0 + 0) / 3)
     assert s["table"]["steps_to_threshold"] == "200 (100–> 500)"
     assert s["final_mean"] == pytest.approx((11 + 0 + 0) / 3)
 

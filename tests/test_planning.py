@@ -10,18 +10,19 @@ from eqagent.world_model import EPWorldModel, WorldModelConfig
 class LineWorld:
     """x' = x + 0.1·a (a = ±1 for Discrete(2), a ∈ [−1, 1] for Box), reward −|x'|, termination when |x'| > 1."""
 
+    obs_dim, device = 1, torch.device("cpu")
+
     def __init__(self, discrete: bool, members: int = 2):
         self.discrete, self.act_dim, self.members = discrete, 2 if discrete else 1, members
         self.act_low, self.act_high = torch.tensor([-1.0]), torch.tensor([1.0])
 
     def _move(self, a):
-        a = torch.as_tensor(np.asarray(a), dtype=torch.float32)
+        a = torch.as_tensor(a, dtype=torch.float32)
         return (2 * a - 1) if self.discrete else a[..., 0]
 
     def imagine(self, obs, seqs):
-        seqs = np.asarray(seqs)
         n, h = seqs.shape[:2]
-        x = torch.full((n,), float(np.asarray(obs).reshape(-1)[0]))
+        x = torch.as_tensor(obs, dtype=torch.float32).reshape(n, 1)[:, 0].clone()
         xs, rs, ts = [x], [], []
         for t in range(h):
             x = x + 0.1 * self._move(seqs[:, t])
@@ -43,22 +44,25 @@ def test_discrete_planner_moves_toward_the_reward(candidates):
     horizon = 4 if candidates == 16 else 8
     planner = CEMPlanner(LineWorld(True), PlannerConfig(horizon=horizon, candidates=candidates, elites=8))
     assert planner._enumerate == (candidates == 16)
-    assert planner.plan(np.array([0.5])).action == 0
-    assert planner.plan(np.array([-0.5])).action == 1
+    gen = torch.Generator().manual_seed(0)
+    assert planner.plan(np.array([0.5]), generator=gen).action[0] == 0
+    assert planner.plan(np.array([-0.5]), generator=gen).action[0] == 1
+    both = planner.plan(np.array([[0.5], [-0.5]]), generator=gen)  # two envs in one call
+    assert both.action.tolist() == [0, 1] and both.state.shape == (2, horizon, 2)
 
 
 def test_box_planner_and_preference():
     wm = LineWorld(False)
     planner = CEMPlanner(wm, PlannerConfig(horizon=5, candidates=128, elites=16, iterations=4))
-    res = planner.plan(np.array([0.5]))
-    a = res.action
+    res = planner.plan(np.array([0.5]), generator=torch.Generator().manual_seed(0))
+    a = res.action[0]
     assert a.shape == (1,) and a[0] < -0.3
     assert float(res.prediction[0, 0, 0]) == pytest.approx(
         0.5 + 0.1 * float(a[0])
     )  # first step of the chosen seq
     prefer_08 = lambda obs: (obs[..., 0] - 0.8) ** 2  # noqa: E731
     planner = CEMPlanner(wm, PlannerConfig(horizon=5, candidates=128, elites=16, iterations=4), prefer_08)
-    assert planner.plan(np.array([0.5])).action[0] > 0.3
+    assert planner.plan(np.array([0.5]), generator=torch.Generator().manual_seed(0)).action[0][0] > 0.3
 
 
 def _imagined(m: int, n: int, h: int, reward: float = 0.0) -> dict[str, torch.Tensor]:
@@ -87,13 +91,13 @@ def test_plans_with_the_ep_world_model():
     wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(hidden=(16,), members=3))
     obs, _ = env.reset(seed=0)
     res = CEMPlanner(wm, PlannerConfig(horizon=5, candidates=32, elites=4)).plan(obs)
-    assert res.action in (0, 1) and res.prediction.shape == (3, 1, 6)
+    assert res.action[0] in (0, 1) and res.prediction.shape == (3, 1, 6)
     # the kept prediction is the free phase the planner already ran for the chosen action
-    torch.testing.assert_close(res.prediction, wm.predict_members(obs[None], [res.action])["out"])
+    torch.testing.assert_close(res.prediction, wm.predict_members(obs[None], res.action)["out"])
     penv = gym.make("Pendulum-v1")
     pwm = EPWorldModel(penv.observation_space, penv.action_space, WorldModelConfig(hidden=(16,), members=2))
     pres = CEMPlanner(pwm, PlannerConfig(horizon=4, candidates=16, elites=4)).plan(penv.reset(seed=0)[0])
-    assert pres.action.shape == (1,) and -2.0 <= pres.action[0] <= 2.0
+    assert pres.action.shape == (1, 1) and -2.0 <= pres.action[0, 0] <= 2.0
 
 
 def test_bad_config():
@@ -101,6 +105,8 @@ def test_bad_config():
         PlannerConfig(candidates=4, elites=8)
     with pytest.raises(ValueError, match="discount"):
         PlannerConfig(discount=0.0)
+    with pytest.raises(ValueError, match="termination_penalty must be a finite"):
+        PlannerConfig(termination_penalty=float("nan"))
 
 
 def test_terminal_value_counts_past_the_horizon_weighted_by_survival():
