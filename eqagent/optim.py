@@ -16,6 +16,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 
 import torch
@@ -156,8 +157,17 @@ class EPOptimizer(torch.optim.Optimizer):
         mode: str = "fixed_point",
         eps: float = 0.5,
     ) -> None:
+        numbers = {"lr": lr, "beta": beta, "momentum": momentum, "weight_decay": weight_decay, "eps": eps}
+        numbers.update({f"betas[{i}]": b for i, b in enumerate(betas)})
+        if spectral_norm is not None:
+            numbers["spectral_norm"] = spectral_norm
+        for name, value in numbers.items():
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise ValueError(f"{name} must be a finite number, got {value!r}")
         if not lr > 0:
             raise ValueError(f"lr must be > 0, got {lr}")
+        if not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"betas must lie in [0, 1), got {betas}")
         if not beta > 0:
             raise ValueError(f"beta must be > 0, got {beta}")
         if settle_steps < 1:

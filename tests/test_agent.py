@@ -143,3 +143,37 @@ def test_cli_run_json(tmp_path, capsys):
         "progress.csv",
     ):
         assert (run / name).exists(), name
+
+
+def test_sb3_callbacks_work_unchanged(tmp_path):
+    """EvalCallback (+ StopTrainingOnRewardThreshold) and CheckpointCallback from SB3, in a CallbackList."""
+    from stable_baselines3.common.callbacks import (
+        CallbackList,
+        CheckpointCallback,
+        EvalCallback,
+        StopTrainingOnRewardThreshold,
+    )
+
+    agent = EPAgent("CartPole-v1", seed=0, **TINY)
+    stop = StopTrainingOnRewardThreshold(
+        reward_threshold=5.0
+    )  # any policy scores > 5: stops at the first eval
+    evals = EvalCallback(gym.make("CartPole-v1"), eval_freq=100, n_eval_episodes=2, log_path=str(tmp_path / "eval"),
+                         best_model_save_path=str(tmp_path / "best"), callback_on_new_best=stop, warn=False)  # fmt: skip
+    ckpt = CheckpointCallback(save_freq=50, save_path=str(tmp_path / "ckpt"), name_prefix="ep")
+    agent.learn(400, callback=CallbackList([evals, ckpt]))
+    assert agent.num_timesteps == 100  # stopped at the first evaluation
+    npz = np.load(tmp_path / "eval" / "evaluations.npz")
+    assert npz["timesteps"].tolist() == [100]
+    assert (tmp_path / "best" / "best_model.safetensors").exists()
+    saved = sorted(p.name for p in (tmp_path / "ckpt").iterdir())
+    assert saved == ["ep_100_steps.zip.safetensors", "ep_50_steps.zip.safetensors"]
+    assert EPAgent.load(tmp_path / "ckpt" / "ep_50_steps.zip").num_timesteps == 50
+    mean, _ = evaluate_policy(agent, gym.make("CartPole-v1"), n_eval_episodes=1, warn=False)
+    assert mean > 0
+
+
+def test_plain_callable_callback_stops_training():
+    agent = EPAgent("eqagent/LineWorld-v0", seed=0, **TINY)
+    agent.learn(100, callback=lambda loc, glob: loc["self"].num_timesteps < 10)
+    assert agent.num_timesteps == 10
