@@ -88,14 +88,12 @@ def _fill_bounds(net, s, free, beta, y, last, out):
     for parity in (1, 0):
         for l in (l for l in free if l % 2 == parity):
             mag, k, inherited = net.biases[l].abs().unsqueeze(0), 1, 0.0
-            for j, w in (
-                (l - 1, lambda: net.weights[l - 1]),
-                (l + 1, lambda: net.weights[l].transpose(0, 1)),
-            ):
+            for j, k_w in ((l - 1, l - 1), (l + 1, l)):
                 if 0 <= j <= last:
-                    mag, k = mag + s[j].abs() @ w().abs(), k + net.sizes[j]
+                    w = net.weights[k_w] if j < l else net.weights[k_w].transpose(0, 1)  # (n_j, n_l)
+                    mag, k = mag + s[j].abs() @ w.abs(), k + net.sizes[j]
                     if j in out:  # a neighbour updated earlier in this step
-                        inherited = max(inherited, float(w().abs().sum(0).max()) * out[j])
+                        inherited = max(inherited, float(w.abs().sum(0).max()) * out[j])
             if beta and l == last:
                 mag, k = mag + abs(beta) * (s[l].abs() + y.abs()), k + 2
             out[l] = 2 * _gamma(k) * float(mag.max()) + inherited
