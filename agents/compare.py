@@ -30,7 +30,7 @@ import gymnasium as gym
 import numpy as np
 from eqagent.agents.envs import check_env_id
 from eqagent.agents.ep_agent import EPAgent
-from eqagent.agents.evaluation import EvalHistoryCallback
+from eqagent.agents.evaluation import EvalHistoryCallback, plot_curves
 from eqagent.agents.evaluation import summarize as summarize_evals
 from eqagent.agents.run import make_eval_env, reward_threshold
 from eqagent.agents.zoo import ZOO, zoo_hyperparams
@@ -267,29 +267,14 @@ def _markdown(env_id: str, summary: dict[str, dict], cfg: CompareConfig) -> str:
 
 
 def _plot(env_id: str, runs: list[dict], threshold: float | None, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4.2))
+    curves = {}
     for algo in dict.fromkeys(r["algo"] for r in runs):
-        curves = [{e["step"]: e["mean"] for e in r["evaluations"]} for r in runs if r["algo"] == algo]
-        steps = sorted(set().union(*curves))
-        vals = [[c[s] for c in curves if s in c] for s in steps]
-        mean = [float(np.mean(v)) for v in vals]
-        ax.plot(steps, mean, marker="o", ms=3, label=f"{algo} ({len(curves)} seeds)")
-        ax.fill_between(steps, [min(v) for v in vals], [max(v) for v in vals], alpha=0.2)
-    if threshold is not None:
-        ax.axhline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:g}")
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("eval mean return")
-    ax.set_title(env_id)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+        per_seed = [{e["step"]: e["mean"] for e in r["evaluations"]} for r in runs if r["algo"] == algo]
+        steps = sorted(set().union(*per_seed))
+        vals = [[c[s] for c in per_seed if s in c] for s in steps]
+        curves[f"{algo} ({len(per_seed)} seeds)"] = (steps, [float(np.mean(v)) for v in vals],
+                                                     [min(v) for v in vals], [max(v) for v in vals])  # fmt: skip
+    plot_curves(curves, threshold, path, env_id)
 
 
 def run_compare(cfg: CompareConfig) -> dict:

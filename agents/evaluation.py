@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 
-__all__ = ["EvalHistoryCallback", "ProgressBar", "summarize"]
+__all__ = ["EvalHistoryCallback", "ProgressBar", "plot_curves", "summarize"]
 
 
 class ProgressBar(BaseCallback):
@@ -166,3 +166,32 @@ def summarize(history: list[dict[str, Any]], threshold: float | None) -> dict[st
         "final_mean": final["mean"],
         "final_std": final["std"],
     }
+
+
+def plot_curves(
+    curves: dict[str, tuple[list[float], list[float], list[float], list[float]]],
+    threshold: float | None,
+    path,
+    title: str,
+) -> None:
+    """One PNG of evaluation curves: per label ``(steps, mean, low, high)`` drawn as a line and a band, with the
+    threshold as a dashed line."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for label, (steps, mean, low, high) in curves.items():
+        ax.plot(steps, mean, marker="o", ms=3, label=label)
+        ax.fill_between(steps, low, high, alpha=0.2)
+    if threshold is not None:
+        ax.axhline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:g}")
+    ax.set_xlabel("env steps")
+    ax.set_ylabel("eval mean return")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 
 import eqagent.envs  # noqa: F401  (registers eqagent ids)
 import gymnasium as gym
@@ -234,14 +234,7 @@ class ReplayBenchConfig:
         data_dir: MNIST directory (empty: default lookup).
         download: Download missing MNIST files.
         threads: torch CPU threads (0: default).
-        dreams: How the learners dream (``OnlineConfig.dreams``: ``"autoencoder"``, ``"codes"`` or ``"label"``).
-        recon_weight: ``OnlineConfig.recon_weight`` (negative: its default for ``dreams``).
-        dream_weight: ``OnlineConfig.dream_weight`` (negative: its default for ``dreams``).
-        code_rank: ``OnlineConfig.code_rank``.
-        code_components: ``OnlineConfig.code_components``.
-        ae_hidden: ``OnlineConfig.ae_hidden``.
-        ae_lr: ``OnlineConfig.ae_lr``.
-        replay_per_class: ``OnlineConfig.replay_per_class``.
+        learner: The online learners' settings (:class:`OnlineConfig`; its seed is this config's).
         seed: Seed.
     """
 
@@ -250,29 +243,12 @@ class ReplayBenchConfig:
     data_dir: str = ""
     download: bool = False
     threads: int = 0
-    dreams: str = "autoencoder"
-    recon_weight: float = -1.0
-    dream_weight: float = -1.0
-    code_rank: int = 10
-    code_components: int = 20
-    ae_hidden: int = 1000
-    ae_lr: float = 3e-4
-    replay_per_class: int = 16
+    learner: OnlineConfig = field(default_factory=OnlineConfig)
     seed: int = 0
 
-    def learner(self) -> OnlineConfig:
-        """The learners' :class:`OnlineConfig`."""
-        return OnlineConfig(
-            dreams=self.dreams,
-            recon_weight=None if self.recon_weight < 0 else self.recon_weight,
-            dream_weight=None if self.dream_weight < 0 else self.dream_weight,
-            code_rank=self.code_rank,
-            code_components=self.code_components,
-            ae_hidden=self.ae_hidden,
-            ae_lr=self.ae_lr,
-            replay_per_class=self.replay_per_class,
-            seed=self.seed,
-        )
+    def learner_config(self) -> OnlineConfig:
+        """The learners' :class:`OnlineConfig` with this bench's seed."""
+        return replace(self.learner, seed=self.seed)
 
 
 def _stream(
@@ -307,24 +283,23 @@ def run_replay_bench(
     Args:
         cfg: Settings.
         data: Optional ``(train_images, train_labels, test_images, test_labels)`` instead of the MNIST files.
-        learner: Learner settings (default: ``cfg.learner()``).
+        learner: Learner settings (default: ``cfg.learner_config()``).
         num_classes: Labels of the data.
     """
-    from eqagent.data import load_mnist
+    from eqagent.data import load_mnist_splits
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
     if data is None:
-        tr_x, tr_y = load_mnist(cfg.data_dir or None, "train", download=cfg.download)
-        te_x, te_y = load_mnist(cfg.data_dir or None, "test", download=cfg.download)
+        tr_x, tr_y, te_x, te_y = load_mnist_splits(cfg.data_dir or None, cfg.download)
     else:
         tr_x, tr_y, te_x, te_y = data
     xt = torch.from_numpy(te_x.reshape(len(te_x), -1).astype(np.float32) / 255.0)
     yt = torch.from_numpy(np.asarray(te_y))
     out: dict = {}
     for name, replay in (("replay", True), ("no_replay", False)):
-        agent = OnlineEPClassifier(xt.shape[1], num_classes, learner or cfg.learner())
+        agent = OnlineEPClassifier(xt.shape[1], num_classes, learner or cfg.learner_config())
         log = _stream(cfg, agent, replay, dict(images=tr_x, labels=tr_y, num_classes=num_classes))
         pred = agent.model.predict(xt)
         out[f"{name}_accuracy"] = float((pred == yt).float().mean())

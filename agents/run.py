@@ -12,7 +12,7 @@ import gymnasium as gym
 from eqagent.agents.config import read_config_file
 from eqagent.agents.envs import check_env_id
 from eqagent.agents.ep_agent import EPAgent
-from eqagent.agents.evaluation import EvalHistoryCallback, summarize
+from eqagent.agents.evaluation import EvalHistoryCallback, plot_curves, summarize
 from stable_baselines3.common.monitor import Monitor
 from stable_baselines3.common.vec_env import DummyVecEnv
 
@@ -87,28 +87,12 @@ class RunConfig:
 
 
 def plot_curve(history: list[dict], threshold: float | None, path: Path, title: str) -> Path:
-    """The evaluation curve (mean ± std per evaluation, threshold line) as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """The run's evaluation curve (mean ± std over its evaluation episodes) as a PNG."""
     steps = [e["step"] for e in history]
     mean = [e["mean"] for e in history]
     std = [0.0 if math.isnan(e["std"]) else e["std"] for e in history]
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    ax.plot(steps, mean, marker="o", ms=3, label="eval mean return")
-    ax.fill_between(steps, [m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)], alpha=0.2)
-    if threshold is not None:
-        ax.axhline(threshold, color="k", ls="--", lw=1, label=f"threshold {threshold:g}")
-    ax.set_xlabel("env steps")
-    ax.set_ylabel("return")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    band = ([m - s for m, s in zip(mean, std)], [m + s for m, s in zip(mean, std)])
+    plot_curves({"eval mean return (± std)": (steps, mean, *band)}, threshold, path, title)
     return path
 
 

@@ -12,7 +12,7 @@ import torch
 from eqagent.apps.logging import Logger, next_run_dir
 from torch import nn
 
-from eqagent.data import load_mnist
+from eqagent.data import load_mnist_splits
 from eqagent.dreaming import DreamerConfig, DreamerNet
 
 __all__ = ["DreamRunConfig", "dream_grid", "run_dream", "train_judge"]
@@ -92,12 +92,9 @@ def run_dream(cfg: DreamRunConfig, data: tuple | None = None) -> dict:
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t0 = time.perf_counter()
-    if data is None:
-        root = cfg.data_dir or None
-        tr_x, tr_y = load_mnist(root, "train", download=cfg.download)
-        te_x, te_y = load_mnist(root, "test", download=cfg.download)
-    else:
-        tr_x, tr_y, te_x, te_y = data
+    tr_x, tr_y, te_x, te_y = (
+        data if data is not None else load_mnist_splits(cfg.data_dir or None, cfg.download)
+    )
     if cfg.train_limit:
         tr_x, tr_y = tr_x[: cfg.train_limit], tr_y[: cfg.train_limit]
     x = torch.from_numpy(tr_x.reshape(len(tr_x), -1).astype(np.float32) / 255.0)

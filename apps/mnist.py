@@ -17,7 +17,7 @@ from eqagent.apps.logging import Logger, next_run_dir
 from torch import nn
 
 from eqagent.classifier import EPClassifier
-from eqagent.data import load_mnist
+from eqagent.data import load_mnist_splits
 from eqagent.ep import EPConfig
 
 __all__ = ["MNISTConfig", "make_optimizer", "run_mnist", "train_mnist"]
@@ -138,12 +138,9 @@ def train_mnist(
     """
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if data is None:
-        root = cfg.data_dir or None
-        tr_x, tr_y = load_mnist(root, "train", download=cfg.download)
-        te_x, te_y = load_mnist(root, "test", download=cfg.download)
-    else:
-        tr_x, tr_y, te_x, te_y = data
+    tr_x, tr_y, te_x, te_y = (
+        data if data is not None else load_mnist_splits(cfg.data_dir or None, cfg.download)
+    )
     device = torch.device(cfg.device)
     xtr, ytr = _to_tensors(tr_x, tr_y, cfg.train_limit, device)
     xte, yte = _to_tensors(te_x, te_y, cfg.test_limit, device)

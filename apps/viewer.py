@@ -97,6 +97,19 @@ def render_relaxation(frames: list[dict], out_prefix: str | Path, logger=None, s
             return f["output"][None], f"output ({f['output'].size})"
         return _as_image(f["states"][p]), f"layer {p} ({f['states'][p].size})"
 
+    def show(ax, f: dict, p) -> str:
+        """Draws panel ``p`` of frame ``f`` into ``ax``; returns its title."""
+        img, title = panel(f, p)
+        ax.imshow(
+            img,
+            cmap="gray",
+            vmin=0,
+            vmax=1,
+            interpolation="nearest",
+            aspect="auto" if p == "output" else None,
+        )
+        return title
+
     energies = [f["energy"] for f in frames]
     costs = [f["cost"] for f in frames]
     n_free = sum(f["phase"] == "free" for f in frames)
@@ -104,17 +117,8 @@ def render_relaxation(frames: list[dict], out_prefix: str | Path, logger=None, s
     def draw(fig, axes, i: int) -> None:
         f = frames[i]
         for p, ax in zip(panels, axes):
-            img, title = panel(f, p)
             ax.clear()
-            ax.imshow(
-                img,
-                cmap="gray",
-                vmin=0,
-                vmax=1,
-                interpolation="nearest",
-                aspect="auto" if p == "output" else None,
-            )
-            ax.set_title(title, fontsize=8)
+            ax.set_title(show(ax, f, p), fontsize=8)
             ax.axis("off")
         ax = axes[n_layers]
         ax.clear()
@@ -147,15 +151,7 @@ def render_relaxation(frames: list[dict], out_prefix: str | Path, logger=None, s
         f = frames[i]
         for l, p in enumerate(panels):
             ax = axes[l][j]
-            img, title = panel(f, p)
-            ax.imshow(
-                img,
-                cmap="gray",
-                vmin=0,
-                vmax=1,
-                interpolation="nearest",
-                aspect="auto" if p == "output" else None,
-            )
+            title = show(ax, f, p)
             ax.set_xticks([])
             ax.set_yticks([])
             if l == 0:

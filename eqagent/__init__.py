@@ -1,7 +1,8 @@
 """eqagent: reinforcement-learning agents whose brain learns by Equilibrium Propagation.
 
-The core (this package) depends on torch and numpy only. Gymnasium envs live in :mod:`eqagent.envs` and agents in
-:mod:`eqagent.agents`; the core never imports them.
+The library (this package, less its ``apps``, ``agents`` and ``envs`` subpackages) depends on torch, numpy and
+Gymnasium's spaces. The applications (:mod:`eqagent.apps`: the command, the MNIST runs, the benchmarks), the agent
+(:mod:`eqagent.agents`) and the registered envs (:mod:`eqagent.envs`) are built on it; it never imports them.
 """
 
 from eqagent.costs import CrossEntropyCost, MSECost

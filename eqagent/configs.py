@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
@@ -34,7 +35,7 @@ def _coerce(owner: str, name: str, tp: Any, value: Any) -> Any:
         if isinstance(value, Mapping):
             return config_from_dict(tp, value, where)
         raise ValueError(f"{where} must be a {tp.__name__} or a dict of its fields, got {value!r}")
-    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+    if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         if value is None and len(args) < len(typing.get_args(tp)):
             return None

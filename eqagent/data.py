@@ -25,6 +25,7 @@ __all__ = [
     "default_mnist_dir",
     "download_mnist",
     "load_mnist",
+    "load_mnist_splits",
     "read_idx",
     "write_idx",
 ]
@@ -185,3 +186,10 @@ def load_mnist(
     if images.ndim != 3 or labels.ndim != 1 or len(images) != len(labels):
         raise ValueError(f"bad MNIST arrays in {d}: images {images.shape}, labels {labels.shape}")
     return images, labels.astype(np.int64)
+
+
+def load_mnist_splits(
+    root: str | os.PathLike | None = None, download: bool = False
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(train_images, train_labels, test_images, test_labels)`` (see :func:`load_mnist`)."""
+    return (*load_mnist(root, "train", download), *load_mnist(root, "test", download))

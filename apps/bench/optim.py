@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from eqagent.data import load_mnist
+from eqagent.data import load_mnist_splits
 from eqagent.optim import EPOptimizer
 
 __all__ = ["OptimBenchConfig", "run_optim_bench"]
@@ -66,12 +66,7 @@ def run_optim_bench(cfg: OptimBenchConfig, data=None) -> dict:
     """Runs the gradient check and the two trainings; returns the figures."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    if data is None:
-        root = cfg.data_dir or None
-        tr_x, tr_y = load_mnist(root, "train")
-        te_x, te_y = load_mnist(root, "test")
-    else:
-        tr_x, tr_y, te_x, te_y = data
+    tr_x, tr_y, te_x, te_y = data if data is not None else load_mnist_splits(cfg.data_dir or None)
     lim = cfg.train_limit or len(tr_x)
     xtr = torch.from_numpy(tr_x[:lim].astype(np.float32) / 255.0)  # (N, 28, 28): the model flattens
     ytr = torch.from_numpy(tr_y[:lim]).long()
