@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -41,7 +43,7 @@ from eqagent.world_model import EPWorldModel
 
 __all__ = ["EPAgent"]
 
-MaybeCallback = BaseCallback | list | Any | None
+MaybeCallback = BaseCallback | list[BaseCallback] | Callable[[dict[str, Any], dict[str, Any]], bool] | None
 
 
 class EPAgent:
@@ -122,8 +124,14 @@ class EPAgent:
     def logger(self) -> Logger:
         """SB3's ``Logger`` of the current run (configured by :meth:`learn` unless set by :meth:`set_logger`)."""
         if self._logger is None:
-            self._logger = configure_logger(self.verbose, None, "", True)
+            self._logger = self._folderless_logger()
         return self._logger
+
+    def _folderless_logger(self) -> Logger:
+        """No log folder (SB3's ``configure(None)`` would make a temporary one): stdout only when verbose."""
+        from stable_baselines3.common.logger import HumanOutputFormat
+
+        return Logger(None, [HumanOutputFormat(sys.stdout)] if self.verbose else [])
 
     def set_logger(self, logger: Logger) -> None:
         """Uses ``logger`` (SB3's ``configure(...)``) instead of configuring one at each ``learn``."""
@@ -204,6 +212,9 @@ class EPAgent:
     # ------------------------------------------------------------------ learning
     def _setup_logger(self, tb_log_name: str, reset_num_timesteps: bool) -> None:
         if self._custom_logger:
+            return
+        if not self.tensorboard_log:
+            self._logger = self._folderless_logger()
             return
         logger = configure_logger(self.verbose, self.tensorboard_log, tb_log_name, reset_num_timesteps)
         if logger.get_dir():  # a TensorBoard run folder: add the CSV progress file as SB3's `configure` would
