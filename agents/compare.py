@@ -119,7 +119,7 @@ def _schedule(value):
     return value
 
 
-def _make_sb3(algo: str, env_id: str, seed: int, tensorboard_log: str | None = None):
+def make_sb3(algo: str, env_id: str, seed: int, tensorboard_log: str | None = None):
     """An SB3 model with the zoo settings, and the eval env (synced normalisation when the zoo normalises)."""
     from stable_baselines3 import DQN, PPO, SAC
     from stable_baselines3.common.env_util import make_vec_env
@@ -156,7 +156,7 @@ def run_one(algo: str, env_id: str, seed: int, budget: int, cfg: dict, position:
         model = EPAgent(env_id, tensorboard_log=c.tensorboard_log or None, seed=seed)
         eval_env = make_eval_env(env_id, seed)
     else:
-        model, eval_env = _make_sb3(algo, env_id, seed, c.tensorboard_log or None)
+        model, eval_env = make_sb3(algo, env_id, seed, c.tensorboard_log or None)
     eval_cb = EvalHistoryCallback(eval_env, c.eval_freq, c.n_eval_episodes, budget=budget)
     callbacks: list = [eval_cb]
     if c.progress_bar:

@@ -119,16 +119,20 @@ class EvalHistoryCallback(EvalCallback):
         if infos:
             self.logger.record("rollout/ep_rew_mean", float(np.mean([i["r"] for i in infos])))
             self.logger.record("rollout/ep_len_mean", float(np.mean([i["l"] for i in infos])))
-            train = max(t0 - self._t_start - self.eval_seconds, 1e-9)
-            self.logger.record("time/fps", int(self.num_timesteps / train))
+            self.logger.record("time/fps", int(self.num_timesteps / max(self.train_seconds(t0), 1e-9)))
         cont = super()._on_step()  # eval_freq is 1: SB3's EvalCallback evaluates at every call it gets
         self.eval_seconds += time.perf_counter() - t0
         self.history.append({
             "step": int(self.num_timesteps), "mean": float(self.last_mean_reward),
             "std": float(np.std(self._rewards)) if len(self._rewards) else math.nan,
-            "learned": self._learned(),
+            "learned": self._learned(), "train_seconds": self.train_seconds(t0),
         })  # fmt: skip
         return cont
+
+    def train_seconds(self, now: float | None = None) -> float:
+        """Seconds spent training so far (evaluations excluded)."""
+        now = time.perf_counter() if now is None else now
+        return max(now - self._t_start - self.eval_seconds, 0.0)
 
     def _on_training_start(self) -> None:
         self._t_start = time.perf_counter()
@@ -151,7 +155,8 @@ def summarize(history: list[dict[str, Any]], threshold: float | None) -> dict[st
     learned = [e for e in history if e["learned"]]
     pre = [e for e in history if not e["learned"]]
     hits = [threshold is not None and e["mean"] >= threshold for e in learned]
-    first = next((e["step"] for e, h in zip(learned, hits) if h), None)
+    first_eval = next((e for e, h in zip(learned, hits) if h), None)
+    first = first_eval["step"] if first_eval else None
     held = None
     for i in range(len(learned)):
         if len(learned) - i >= 3 and all(hits[i:]):
@@ -161,6 +166,7 @@ def summarize(history: list[dict[str, Any]], threshold: float | None) -> dict[st
     return {
         "threshold": threshold,
         "steps_to_threshold": first,
+        "train_seconds_to_threshold": first_eval.get("train_seconds") if first_eval else None,
         "steps_to_threshold_held": held,
         "pre_learning_mean": pre[-1]["mean"] if pre else None,
         "final_mean": final["mean"],

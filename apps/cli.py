@@ -93,6 +93,12 @@ def _bench_replay():
     return ReplayBenchConfig, run_replay_bench
 
 
+def _bench_speed():
+    from eqagent.agents.speed_bench import SpeedBenchConfig, run_speed_bench
+
+    return SpeedBenchConfig, run_speed_bench
+
+
 def _bench_worldmodel():
     from eqagent.agents.worldmodel_bench import WorldModelBenchConfig, run_worldmodel_bench
 

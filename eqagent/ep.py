@@ -129,7 +129,7 @@ def nudged_phase(
     cost: Cost,
     free_states: Sequence[torch.Tensor],
     target: torch.Tensor,
-    beta: float,
+    beta: float | torch.Tensor,
     config: EPConfig | None = None,
 ) -> RelaxResult:
     """Relaxes ``E + βC`` from the free equilibrium with the input still clamped."""
@@ -175,23 +175,35 @@ def ep_gradients(
     s0 = free.states
     target = cost.check_target(target, s0[-1])
     beta = cfg.beta
-    plus = nudged_phase(net, cost, s0, target, beta, cfg)
+    if cfg.symmetric and getattr(net, "stack_phases", False):  # +β and −β relaxed as one batch
+        b = s0[0].shape[-2]
+        signs = torch.cat([torch.full((b, 1), beta), torch.full((b, 1), -beta)]).to(s0[-1])
+        both = nudged_phase(net, cost, net.stacked(s0, 2), torch.cat([target, target], dim=-2), signs, cfg)
+        halves = [(s[..., :b, :], s[..., b:, :]) for s in both.states]
+        plus = RelaxResult([s0[0]] + [p for p, _ in halves[1:]], both.steps, both.converged, both.residual)
+        minus = RelaxResult([s0[0]] + [m for _, m in halves[1:]], both.steps, both.converged, both.residual)
+        grads = {p: g / (2 * beta) for p, g in net.stacked_grad_diff(both.states, b).items()}
+    else:
+        plus = nudged_phase(net, cost, s0, target, beta, cfg)
+        minus = nudged_phase(net, cost, s0, target, -beta, cfg) if cfg.symmetric else None
     nudged = [plus]
     if cfg.symmetric:
-        minus = nudged_phase(net, cost, s0, target, -beta, cfg)
         nudged.append(minus)
         # (1/2β)[∂F/∂θ(s+, β) − ∂F/∂θ(s−, −β)]: energy part from the state difference, cost part averaged.
-        grads = net.energy_param_grad_diff(plus.states, minus.states)
-        grads = {p: g / (2 * beta) for p, g in grads.items()}
+        if not getattr(net, "stack_phases", False):
+            grads = {
+                p: g / (2 * beta) for p, g in net.energy_param_grad_diff(plus.states, minus.states).items()
+            }
         cp, cm = cost.param_grads(plus.states[-1], target), cost.param_grads(minus.states[-1], target)
         for p in cp:
             grads[p] = 0.5 * (cp[p] + cm[p])
     else:
         grads = {p: g / beta for p, g in net.energy_param_grad_diff(plus.states, s0).items()}
         grads.update(cost.param_grads(plus.states[-1], target))
-    for g in grads.values():
-        if not torch.isfinite(g).all():
-            raise RelaxationDiverged("EP gradient estimate is not finite; weights left untouched")
+    if not bool(
+        torch.isfinite(torch.stack(torch._foreach_norm(list(grads.values())))).all()
+    ):  # one check for all
+        raise RelaxationDiverged("EP gradient estimate is not finite; weights left untouched")
     loss = float(cost.value(s0[-1], target).mean())
     return EPStep(grads=grads, free=free, nudged=nudged, loss=loss, output=cost.output(s0[-1]).detach())
 

@@ -230,13 +230,21 @@ class CEMPlanner(Planner):
         c, n, h = self.cfg, self.wm.act_dim, self.cfg.horizon
         e = obs.shape[0]
         probs = torch.full((e, h, n), 1.0 / n, device=self.device)
-        if state is not None:  # warm start: shift by one, uniform at the end
+        mode = None
+        if (
+            state is not None
+        ):  # warm start: shift by one, uniform at the end; its most likely sequence competes
             probs[:, :-1] = 0.5 * state[:, 1:] + 0.5 / n
+            mode = state.argmax(-1).roll(
+                -1, dims=1
+            )  # (E, H): the previous plan shifted, its last step repeated
         for _ in range(c.iterations):
             u = torch.rand(e, c.candidates, h, 1, generator=gen, device=self.device)
             seqs = (u > probs.cumsum(-1)[:, None]).sum(-1).clamp_max(n - 1)  # (E, C, H)
             if best.seq is not None:
                 seqs[:, 0] = best.seq
+            elif mode is not None:
+                seqs[:, 0] = mode
             g, first = self._score(obs, seqs)
             best.consider(seqs, g, first)
             elite = seqs.gather(
@@ -253,13 +261,16 @@ class CEMPlanner(Planner):
         span = high - low
         mean = ((low + high) / 2).expand(e, h, a).clone()
         std = (span / 2).expand(e, h, a).clone()
-        if state is not None:
+        warm = state is not None
+        if warm:  # the previous plan's mean shifted by one competes as a candidate
             mean[:, :-1] = state[:, 1:, :a]
         for _ in range(c.iterations):
             noise = torch.randn(e, c.candidates, h, a, generator=gen, device=self.device)
             seqs = torch.maximum(torch.minimum(mean[:, None] + std[:, None] * noise, high), low)
             if best.seq is not None:
                 seqs[:, 0] = best.seq
+            elif warm:
+                seqs[:, 0] = mean
             g, first = self._score(obs, seqs)
             best.consider(seqs, g, first)
             idx = g.topk(c.elites, dim=1, largest=False).indices[..., None, None].expand(-1, -1, h, a)

@@ -74,7 +74,7 @@ def settle(
     states: Sequence[torch.Tensor],
     clamped: Iterable[int] = (0,),
     *,
-    beta: float = 0.0,
+    beta: float | torch.Tensor = 0.0,
     target: torch.Tensor | None = None,
     cost: Cost | None = None,
     steps: int = 20,
@@ -90,7 +90,8 @@ def settle(
         states: Initial states, one per layer (``([M,] B, n_l)``); clamped layers keep these values. They are
             copied, never modified.
         clamped: Indices of clamped layers (negative indices allowed).
-        beta: Nudging strength (0 for the free phase; negative for the −β phase of symmetric nudging).
+        beta: Nudging strength (0 for the free phase; negative for the −β phase of symmetric nudging), or a
+            tensor of per-sample strengths broadcast against the output (e.g. ``(B, 1)``).
         target: Target of the cost (needed when ``beta != 0``), already checked by ``cost.check_target``.
         cost: Cost acting on the last layer (needed when ``beta != 0``).
         steps: Maximum number of steps ``T``.
@@ -110,7 +111,8 @@ def settle(
         raise ValueError(f"unknown relaxation mode {mode!r}; choose one of {MODES}")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    if not (math.isfinite(beta) and math.isfinite(tol) and math.isfinite(eps)):
+    beta_ok = bool(torch.isfinite(beta).all()) if torch.is_tensor(beta) else math.isfinite(beta)
+    if not (beta_ok and math.isfinite(tol) and math.isfinite(eps)):
         raise ValueError(f"beta, tol and eps must be finite, got {beta}, {tol}, {eps}")
     if not eps > 0:
         raise ValueError(f"eps must be > 0, got {eps}")
@@ -126,18 +128,19 @@ def settle(
     if not free:
         raise ValueError("every layer is clamped: nothing to relax")
     last = n_layers - 1
-    nudged = beta != 0.0
+    nudged = torch.is_tensor(beta) or beta != 0.0
     if nudged:
         if cost is None or target is None:
             raise ValueError("a nudged relaxation (beta != 0) needs both cost and target")
         if last in clamp_set:
             raise ValueError("cannot nudge a clamped output layer")
     net.check_mode(mode, free)
-    dyn = Dynamics(free=tuple(free), mode=mode, beta=float(beta), cost=cost, target=target, eps=float(eps))
+    beta = beta if torch.is_tensor(beta) else float(beta)
+    dyn = Dynamics(free=tuple(free), mode=mode, beta=beta, cost=cost, target=target, eps=float(eps))
     s = list(states)  # clamped layers are shared, never written; free layers are replaced, not mutated
     for l in free:
         s[l] = net.project(l, s[l])
-    _check_finite(s, free, blowup, 0)  # clamped values were validated by check_layer
+    _check_finite(s, free, blowup, 0)  # a bad warm start is refused, not relaxed into finite-looking states
     ctx = net.relax_context(s, clamp_set)
     residual = float("nan")
     converged = False

@@ -50,7 +50,7 @@ class ValueConfig:
     discount: float = 0.99
     lr: float = 1e-3
     beta: float = 0.01
-    settle_steps: int = 3
+    settle_steps: int = 1
     batch_size: int = 64
     tau: float = 0.05
     seed: int = 0
@@ -89,7 +89,7 @@ class EPValueFunction(nn.Module):
         self.energy.to(world_model.device)
         self.target = copy.deepcopy(self.energy).requires_grad_(False)
         self.cost = MSECost()
-        self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=cfg.lr)
+        self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=cfg.lr, fused=True)
         self.ep = EPConfig(beta=cfg.beta, symmetric=True, free_steps=0, nudged_steps=cfg.settle_steps)
         self.rng = np.random.default_rng(cfg.seed + 7919)
         self.updates = 0

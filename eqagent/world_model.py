@@ -67,7 +67,7 @@ class WorldModelConfig:
     learner: str = "ep"
     lr: float = 1e-3
     beta: float = 0.01
-    settle_steps: int = 3
+    settle_steps: int = 1
     batch_size: int = 32
     replay_size: int = 20000
     updates_per_step: int = 1
@@ -157,7 +157,7 @@ class EPWorldModel(nn.Module):
         self.delta_norm = RunningNormalizer(self.obs_dim)
         self.reward_norm = RunningNormalizer(1)
         self.to(self.device)
-        self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=cfg.lr)
+        self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=cfg.lr, fused=True)
         self.ep = EPConfig(beta=cfg.beta, symmetric=True, free_steps=0, nudged_steps=cfg.settle_steps)
         self.gate = SurpriseGate(cfg.gate_config)
         self.replay = ReplayBuffer(cfg.replay_size, self.obs_dim, self.act_dim)

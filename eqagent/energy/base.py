@@ -24,7 +24,8 @@ class Dynamics:
     Attributes:
         free: Indices of the layers that relax (the others are clamped).
         mode: ``"fixed_point"`` or ``"gradient"``.
-        beta: Nudging strength (0: the free phase; negative for the −β phase).
+        beta: Nudging strength (0: the free phase; negative for the −β phase), or a tensor of one strength per
+            sample (broadcast against the output, e.g. ``(B, 1)``: both phases of symmetric nudging in one batch).
         cost: Cost acting on the last layer (needed when ``beta != 0``).
         target: Its checked target (needed when ``beta != 0``).
         eps: Step size of the gradient dynamics.
@@ -32,14 +33,14 @@ class Dynamics:
 
     free: tuple[int, ...]
     mode: str = "fixed_point"
-    beta: float = 0.0
+    beta: float | torch.Tensor = 0.0
     cost: Cost | None = None
     target: torch.Tensor | None = None
     eps: float = 0.5
 
     @property
     def nudged(self) -> bool:
-        return self.beta != 0.0
+        return torch.is_tensor(self.beta) or self.beta != 0.0
 
     def nudge(self, s_out: torch.Tensor) -> torch.Tensor:
         """``β ∂C/∂s_L`` at the output state (only for a nudged relaxation)."""

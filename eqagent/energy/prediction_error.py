@@ -61,8 +61,19 @@ def propagate(
     return kept if keep else h
 
 
-def _act_and_prime(mods: Sequence[nn.Module], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Applies a chain of elementwise activations to ``z``; returns the output and the chain's derivative."""
+def _times(x: torch.Tensor, d: torch.Tensor | None) -> torch.Tensor:
+    """``x ⊙ d``, where a derivative ``None`` stands for 1 (a linear layer)."""
+    return x if d is None else x * d
+
+
+def _act_and_prime(mods: Sequence[nn.Module], z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Applies a chain of elementwise activations to ``z``; returns the output and the chain's derivative
+    (``None``: 1)."""
+    if not mods:
+        return z, None
+    if len(mods) == 1 and isinstance(mods[0], nn.Tanh):  # the common case in two ops
+        z = torch.tanh(z)
+        return z, 1 - z * z
     d = torch.ones_like(z)
     for m in mods:
         if isinstance(m, nn.ReLU):
@@ -101,6 +112,9 @@ class PredictionErrorEnergy(LayeredEnergy):
     """
 
     sizes: list[int]
+    stack_phases = True
+    """Symmetric EP relaxes both nudged phases as one batch (:meth:`stacked`): the nets are small, so the cost is
+    per call, not per row."""
 
     def _in_out(self, l: int) -> torch.Tensor:
         raise NotImplementedError
@@ -108,7 +122,8 @@ class PredictionErrorEnergy(LayeredEnergy):
     def _bias(self, l: int) -> torch.Tensor | None:
         raise NotImplementedError
 
-    def _activate(self, l: int, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _activate(self, l: int, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(f_l, f_l')`` from the pre-activation; ``f_l'`` is ``None`` for a linear layer."""
         raise NotImplementedError
 
     def _param_grads(
@@ -153,6 +168,14 @@ class PredictionErrorEnergy(LayeredEnergy):
             )
         return self._activate(1, cached[2])
 
+    def stacked(self, states: Sequence[torch.Tensor], copies: int) -> list[torch.Tensor]:
+        """``copies`` copies of every state along the batch dimension, the first layer's kept pre-activation too."""
+        out = [torch.cat([s] * copies, dim=-2) for s in states]
+        cached = getattr(self, "_f1_cache", None)
+        if cached is not None and cached[1] is states[0] and cached[0] == self._f1_key(states[0]):
+            self._f1_cache = (self._f1_key(out[0]), out[0], torch.cat([cached[2]] * copies, dim=-2))
+        return out
+
     def _fl(self, l: int, states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return self._f1(states[0]) if l == 1 else self._f(l, states[l - 1])
 
@@ -193,7 +216,7 @@ class PredictionErrorEnergy(LayeredEnergy):
             msg = [None] * (L + 1)
             msg[L] = -dyn.nudge(states[L]) if dyn.nudged else torch.zeros_like(states[L])
             for l in range(L - 1, 0, -1):
-                msg[l] = (msg[l + 1] * fs[l + 1][1]) @ self._in_out(l + 1).transpose(-1, -2)
+                msg[l] = _times(msg[l + 1], fs[l + 1][1]) @ self._in_out(l + 1).transpose(-1, -2)
             s[1] = fs[1][0] + msg[1]
             for l in range(2, L + 1):
                 s[l] = self._f(l, s[l - 1])[0] + msg[l]
@@ -202,7 +225,7 @@ class PredictionErrorEnergy(LayeredEnergy):
         for l in range(1, L + 1):
             g = es[l]
             if l < L:
-                g = g - (es[l + 1] * fs[l + 1][1]) @ self._in_out(l + 1).transpose(-1, -2)
+                g = g - _times(es[l + 1], fs[l + 1][1]) @ self._in_out(l + 1).transpose(-1, -2)
             elif dyn.nudged:
                 g = g + dyn.nudge(states[L])
             s[l] = states[l] - dyn.eps * g
@@ -218,12 +241,28 @@ class PredictionErrorEnergy(LayeredEnergy):
             eb, db = self.errors(b)
         out: dict[nn.Parameter, torch.Tensor] = {}
         for l in range(1, self.num_layers):
-            ga, gb = ea[l] * da[l], eb[l] * db[l]
+            ga, gb = _times(ea[l], da[l]), _times(eb[l], db[l])
             if a[l - 1] is b[l - 1]:
                 gw = a[l - 1].transpose(-1, -2) @ (ga - gb)
             else:
                 gw = a[l - 1].transpose(-1, -2) @ ga - b[l - 1].transpose(-1, -2) @ gb
             out.update(self._param_grads(l, -gw / batch, -(ga - gb).mean(-2)))
+        return out
+
+    def stacked_grad_diff(self, states: Sequence[torch.Tensor], b: int) -> dict[nn.Parameter, torch.Tensor]:
+        """:meth:`energy_param_grad_diff` of the two halves (rows ``:b`` and ``b:``) of stacked states whose input
+        is the same in both halves: the prediction errors of both are computed in one pass."""
+        es, ds = self.errors(states)
+        out: dict[nn.Parameter, torch.Tensor] = {}
+        for l in range(1, self.num_layers):
+            g = _times(es[l], ds[l])
+            ga, gb = g[..., :b, :], g[..., b:, :]
+            below = states[l - 1]
+            if l == 1:
+                gw = below[..., :b, :].transpose(-1, -2) @ (ga - gb)
+            else:
+                gw = below[..., :b, :].transpose(-1, -2) @ ga - below[..., b:, :].transpose(-1, -2) @ gb
+            out.update(self._param_grads(l, -gw / b, -(ga - gb).mean(-2)))
         return out
 
 
@@ -347,6 +386,13 @@ class EnsembleMLPEnergy(PredictionErrorEnergy):
             b = (torch.rand(members, n_out, generator=generator, dtype=dtype) * 2 - 1) * bound
             self.weights.append(nn.Parameter(w.to(device)))
             self.biases.append(nn.Parameter(b.to(device)))
+        # plain lists of the same Parameter objects: indexing a ParameterList costs microseconds per access
+        self._w, self._b = list(self.weights), list(self.biases)
+
+    def _apply(self, fn, recurse=True):
+        out = super()._apply(fn, recurse)
+        self._w, self._b = list(self.weights), list(self.biases)  # in case conversion replaced the Parameters
+        return out
 
     def check_layer(self, l: int, value: torch.Tensor, what: str = "state") -> torch.Tensor:
         p = self.weights[0]
@@ -365,18 +411,16 @@ class EnsembleMLPEnergy(PredictionErrorEnergy):
         return value
 
     def _in_out(self, l: int) -> torch.Tensor:
-        return self.weights[l - 1]
+        return self._w[l - 1]
 
     def _bias(self, l: int) -> torch.Tensor | None:
-        return self.biases[l - 1]
+        return self._b[l - 1]
 
-    def _activate(self, l: int, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if l == self.num_layers - 1:
-            return pre, torch.ones_like(pre)
-        return _act_and_prime(self._act, pre)
+    def _activate(self, l: int, pre: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return _act_and_prime([] if l == self.num_layers - 1 else self._act, pre)
 
     def _param_grads(self, l, g_in_out, g_bias):
-        return {self.weights[l - 1]: g_in_out, self.biases[l - 1]: g_bias}
+        return {self._w[l - 1]: g_in_out, self._b[l - 1]: g_bias}
 
     def _act_value(self, l: int, pre: torch.Tensor) -> torch.Tensor:
         return pre if l == self.num_layers - 1 else self._act[0](pre)
