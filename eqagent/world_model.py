@@ -25,8 +25,9 @@ from torch import nn
 
 from eqagent.buffers import ReplayBuffer, RunningNormalizer
 from eqagent.costs import WorldModelCost
-from eqagent.energy import EnsembleMLPEnergy, propagate
+from eqagent.energy import EnsembleMLPEnergy
 from eqagent.ep import EPConfig, ep_gradients
+from eqagent.imagination import Imagination
 from eqagent.surprise import SurpriseGate, SurpriseGateConfig
 from eqagent.validation import check_finite_fields
 
@@ -167,6 +168,7 @@ class EPWorldModel(nn.Module):
         self.shifts = 0  # shifts detected (replay forgotten)
         self._recent_surprise: deque[float] = deque(maxlen=cfg.shift_window)  # the shift detector's window
         self._since_shift = cfg.shift_cooldown
+        self._imagination: Imagination | None = None
 
     # ------------------------------------------------------------------ encoding
     def _tensor(self, x) -> torch.Tensor:
@@ -248,9 +250,9 @@ class EPWorldModel(nn.Module):
 
         Each imagined step is the free equilibrium of the energy (its feed-forward pass), computed for all
         candidates × members at once. The rollout runs in normalised-observation space with the normalisers and
-        the input's action part folded into the weights once per call (:meth:`_rollout_weights`), so a step costs
-        one batched matmul and one activation per layer; the result equals stepping :meth:`predict_members`
-        (tested to 1e-5).
+        the input's action part folded into the weights (:class:`eqagent.imagination.Imagination`), so a step
+        costs one batched matmul and one activation per layer; the result equals stepping
+        :meth:`predict_members` (tested to 1e-5).
 
         Args:
             obs: A single observation ``(d,)`` (broadcast) or one per sequence ``(N, d)``.
@@ -274,88 +276,9 @@ class EPWorldModel(nn.Module):
         o = o.expand(n, self.obs_dim) if o.dim() == 1 else o
         if o.shape != (n, self.obs_dim):
             raise ValueError(f"obs must be ({self.obs_dim},) or ({n}, {self.obs_dim}), got {tuple(o.shape)}")
-        m, d = self.config.members, self.obs_dim
-        act_pre, w1, rest, out_scale, out_shift, squash = self._rollout_weights(enc)
-        o_mean, o_std = self.obs_norm.mean.float(), self.obs_norm.std.float()
-        z = ((o - o_mean) / o_std).unsqueeze(0).expand(m, n, d).contiguous()  # (M, N, d) normalised state
-        zs = torch.empty(m, n, h + 1, d, device=self.device)
-        outs = torch.empty(
-            h, m, n, self.out_dim, device=self.device
-        )  # folded outputs: [Δz, normalised reward, term logit]
-        zs[:, :, 0] = z
-        last = len(rest) + 1
-
-        def activate(l: int, pre: torch.Tensor) -> torch.Tensor:
-            return pre if l == last else squash(pre)
-
-        for t in range(h):  # one imagined step = the energy's free phase with the folded weights
-            outs[t] = propagate(z.clamp(-10, 10), [(w1, act_pre[:, t]), *rest], activate)  # (M, N, d + 2)
-            z = z + outs[t, ..., :d]
-            zs[:, :, t + 1] = z
-        raw_dz = (outs[..., :d] - out_shift) / out_scale  # (H, M, N, d): the energy's normalised Δobs output
-        spread = ((raw_dz - raw_dz.mean(1, keepdim=True)) ** 2).mean((1, 3))  # (H, N): variance over members
-        outs = outs.permute(1, 2, 0, 3)  # (M, N, H, d + 2)
-        return {
-            "obs": zs * o_std + o_mean,
-            "reward": self.reward_norm.denormalize(outs[..., d]),
-            "term_prob": torch.sigmoid(outs[..., d + 1]),
-            "disagreement": spread.T,
-            "first_out": torch.cat([raw_dz[0], outs[:, :, 0, d:]], -1),
-        }
-
-    def _rollout_weights(self, enc: torch.Tensor):
-        """The energy's weights rewritten for :meth:`imagine` (exact algebra, float rounding aside).
-
-        * The first layer's action part and bias are precomputed for all steps: ``act_pre`` ``(M, H, N, K1)``.
-        * ``tanh(p) = 2σ(2p) − 1``: hidden layers carry ``u = σ(2p)`` and the affine ``2u − 1`` is folded into the
-          next layer's weights (σ is several times cheaper than tanh on CPU).
-        * The output's Δobs columns are mapped to normalised-observation units:
-          ``Δz = (σ_Δ·out + μ_Δ) / σ_obs``, so the state update is one add.
-
-        Returns:
-            ``act_pre``, the first layer's observation weights ``W1_obs``, the other layers ``[(W_l, b_l)]`` (as
-            :func:`eqagent.energy.propagate` takes them), ``out_scale``, ``out_shift`` and the hidden squashing
-            function.
-        """
-        key = tuple(
-            t._version
-            for t in (*self.energy.parameters(), *self.obs_norm.buffers(), *self.delta_norm.buffers())
-        )
-        key += tuple(id(t) for t in self.energy.parameters())
-        cached = getattr(self, "_fold_cache", None)
-        if cached is None or cached[0] != key:
-            cached = self._fold_cache = (key, self._fold_weights())
-        w1a, w1, rest, out_scale, out_shift, squash = cached[1]
-        n, h, a = enc.shape
-        act_pre = torch.baddbmm(
-            w1a[1], enc.transpose(0, 1).reshape(1, h * n, a).expand(w1a[0].shape[0], -1, -1), w1a[0]
-        )
-        return act_pre.view(-1, h, n, act_pre.shape[-1]), w1, rest, out_scale, out_shift, squash
-
-    def _fold_weights(self):
-        """The parts of :meth:`_rollout_weights` that depend only on the parameters and normalisers."""
-        d = self.obs_dim
-        ws = [w.detach() for w in self.energy.weights]
-        bs = [b.detach().unsqueeze(-2) for b in self.energy.biases]  # (M, 1, n)
-        act = self.config.activation
-        if act == "tanh":
-            gain, a, c, squash = 2.0, 2.0, -1.0, torch.sigmoid
-        else:
-            gain, a, c, squash = 1.0, 1.0, 0.0, (torch.relu if act == "relu" else torch.sigmoid)
-        w1 = ws[0]  # (M, d + A, K1)
-        w1a = (gain * w1[:, d:], gain * bs[0])
-        rest: list = []
-        for w, b in zip(ws[1:-1], bs[1:-1]):  # hidden → hidden: input h = a·u + c
-            rest.append((gain * a * w, gain * (b + c * w.sum(-2, keepdim=True))))
-        w_l, b_l = ws[-1], bs[-1]
-        w_out, b_out = a * w_l, b_l + c * w_l.sum(-2, keepdim=True)
-        o_std = self.obs_norm.std.float()
-        out_scale = self.delta_norm.std.float() / o_std  # (d,)
-        out_shift = self.delta_norm.mean.float() / o_std
-        w_out = torch.cat([w_out[..., :d] * out_scale, w_out[..., d:]], -1)
-        b_out = torch.cat([b_out[..., :d] * out_scale + out_shift, b_out[..., d:]], -1)
-        rest.append((w_out.contiguous(), b_out))
-        return w1a, gain * w1[:, :d].contiguous(), rest, out_scale, out_shift, squash
+        if self._imagination is None:
+            self._imagination = Imagination(self)
+        return self._imagination.rollout(o, enc)
 
     # ------------------------------------------------------------------ learning
     def _targets(self, obs: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor, term: torch.Tensor):
