@@ -270,7 +270,7 @@ class EPWorldModel(nn.Module):
         )
         if seq.dim() < 2:
             raise ValueError(f"action_sequences must be (N, H) or (N, H, act_dim), got {tuple(seq.shape)}")
-        n, h = seq.shape[0], seq.shape[1]
+        n = seq.shape[0]
         enc = self.encode_action(seq)  # (N, H, A)
         o = self._check_obs(obs)
         o = o.expand(n, self.obs_dim) if o.dim() == 1 else o
