@@ -185,7 +185,7 @@ class EPAgent:
         n = batch.shape[0]
         if state is not None:
             state = np.asarray(state, dtype=np.float32)
-            expected = (n, self.planner.cfg.horizon, self.planner.state_width)
+            expected = (n, self.planner.state_size)
             if state.shape != expected:
                 raise ValueError(
                     f"state must have shape {expected} (as predict returned it), got {state.shape}"
@@ -310,6 +310,7 @@ class EPAgent:
                 res = self._plan(obs)
                 actions, prediction = res.action, res.prediction
                 self.logger.record_mean("planner/free_energy", float(res.free_energy.mean()))
+                self.logger.record_mean("planner/reused", float(res.reused.mean()))
             new_obs, rewards, dones, infos = self.env.step(actions)
             real_next = np.array(new_obs, dtype=np.float32, copy=True)
             terminated = np.zeros(self.n_envs, bool)

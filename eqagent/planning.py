@@ -54,6 +54,8 @@ class PlannerConfig:
         epistemic_weight: λ_epi, weight of the ensemble disagreement (exploration bonus).
         smoothing: Weight of the old distribution when refitting (0: none).
         min_std: Floor of the Gaussian std (Box actions, in units of the action range).
+        replan_every: Search at least every this many steps; in between, an env whose last step the world model
+            predicted unsurprisingly takes the next action of its previous plan (1: search at every step).
     """
 
     horizon: int = 15
@@ -65,11 +67,12 @@ class PlannerConfig:
     epistemic_weight: float = 0.0
     smoothing: float = 0.1
     min_std: float = 0.05
+    replan_every: int = 1
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
-        if self.horizon < 1 or self.candidates < 1 or self.iterations < 1:
-            raise ValueError("horizon, candidates and iterations must be >= 1")
+        if self.horizon < 2 or self.candidates < 1 or self.iterations < 1 or self.replan_every < 1:
+            raise ValueError("horizon must be >= 2, candidates, iterations and replan_every >= 1")
         if not 1 <= self.elites <= self.candidates:
             raise ValueError(f"elites must lie in [1, candidates], got {self.elites}")
         if not 0 < self.discount <= 1:
@@ -89,7 +92,8 @@ class PlanResult:
         free_energy: Its expected free energy G, ``(E,)``.
         prediction: The world model's free-phase output for ``(obs, action)``, ``(M, E, out)`` (kept for learning).
         sequence: The best sequences, ``(E, H)`` or ``(E, H, A)``.
-        state: The warm start for the next call (this plan's distribution), ``(E, H, K)`` float32.
+        state: What the next call starts from, ``(E, state_size)`` float32 (see :meth:`CEMPlanner.plan`).
+        reused: Which envs took the next step of their previous plan instead of a search, ``(E,)``.
     """
 
     action: np.ndarray
@@ -97,6 +101,7 @@ class PlanResult:
     prediction: torch.Tensor
     sequence: np.ndarray
     state: np.ndarray
+    reused: np.ndarray
 
 
 def expected_free_energy(
@@ -172,21 +177,44 @@ class CEMPlanner(Planner):
         self._enumerate = self.wm.discrete and n**h <= self.cfg.candidates
         if self._enumerate:
             self._all = torch.tensor(list(itertools.product(range(n), repeat=h)), dtype=torch.long)
-        self.state_width = n if self.wm.discrete else 2 * n
+        # the state carried between calls, per env: [distribution (H, K) | best sequence (H, A) | predicted next
+        # observation (d) | its G (1) | plans reused in a row (1)], each aligned with the action just taken
+        self._k = n if self.wm.discrete else 2 * n
+        self._a = 1 if self.wm.discrete else n
+        self.state_size = h * self._k + h * self._a + self.wm.obs_dim + 2
 
     @property
     def device(self) -> torch.device:
         return torch.device(getattr(self.wm, "device", "cpu"))
 
-    def cold_state(self, e: int) -> np.ndarray:
-        """The distribution a plan starts from without a warm start, as a ``state`` ``(E, H, K)``: uniform over
-        the actions (Discrete), or centred on the action box with half its span as std (Box)."""
+    def _cold_dist(self, e: int) -> torch.Tensor:
         h, n = self.cfg.horizon, self.wm.act_dim
         if self.wm.discrete:
-            return np.full((e, h, n), 1.0 / n, np.float32)
-        low, high = self.wm.act_low.cpu().numpy(), self.wm.act_high.cpu().numpy()
-        row = np.concatenate([(low + high) / 2, (high - low) / 2]).astype(np.float32)
-        return np.broadcast_to(row, (e, h, 2 * n)).copy()
+            return torch.full((e, h, n), 1.0 / n, device=self.device)
+        low, high = self.wm.act_low, self.wm.act_high
+        return torch.cat([(low + high) / 2, (high - low) / 2]).expand(e, h, 2 * n).clone()
+
+    def cold_state(self, e: int) -> np.ndarray:
+        """The state of an env without a previous plan ``(E, state_size)``: the cold distribution (uniform over
+        the actions, or centred on the action box with half its span as std), no best sequence, no prediction."""
+        dist = self._cold_dist(e).reshape(e, -1)
+        rest = torch.zeros(e, self.cfg.horizon * self._a + self.wm.obs_dim + 2, device=self.device)
+        rest[:, self.cfg.horizon * self._a : -2] = math.nan  # no predicted observation: nothing to reuse
+        return torch.cat([dist, rest], 1).cpu().numpy()
+
+    def _unpack(self, state: torch.Tensor):
+        e, h, d = state.shape[0], self.cfg.horizon, self.wm.obs_dim
+        i = h * self._k
+        j = i + h * self._a
+        best = state[:, i:j].reshape(e, h, self._a)
+        best = best[..., 0].round().long() if self.wm.discrete else best
+        return state[:, :i].reshape(e, h, self._k), best, state[:, j : j + d], state[:, -2], state[:, -1]
+
+    def _pack(self, dist, best, pred, g, age) -> np.ndarray:
+        e = dist.shape[0]
+        best = best.float().reshape(e, -1)
+        parts = [dist.reshape(e, -1), best, pred, g[:, None], age[:, None].float()]
+        return torch.cat(parts, 1).cpu().numpy().astype(np.float32)
 
     def _score(self, obs: torch.Tensor, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """G ``(E, C)`` and the first step's free-phase outputs ``(M, E, C, out)`` of sequences ``(E, C, H[, A])``."""
@@ -203,74 +231,105 @@ class CEMPlanner(Planner):
         state: np.ndarray | None = None,
         generator: torch.Generator | None = None,
     ) -> PlanResult:
+        """Plans for observations ``(E, d)`` (or one ``(d,)``) from ``state`` (``(E, state_size)``, as the previous
+        call returned it; ``None``: cold). An env whose previous plan is younger than ``replan_every`` steps and
+        whose observation the world model did not find surprising (:meth:`~eqagent.world_model.EPWorldModel.
+        unsurprising`) takes the next action of that plan without a search."""
         obs = torch.as_tensor(np.asarray(obs, dtype=np.float32) if not torch.is_tensor(obs) else obs)
         obs = obs.to(self.device, torch.float32).reshape(-1, self.wm.obs_dim)  # (E, d)
         e, h = obs.shape[0], self.cfg.horizon
-        if state is not None:
+        warm = state is not None
+        if warm:
             state = torch.as_tensor(np.asarray(state, dtype=np.float32), device=self.device)
-            if state.shape != (e, h, self.state_width):
+            if state.shape != (e, self.state_size):
                 raise ValueError(
-                    f"planner state must have shape {(e, h, self.state_width)}, got {tuple(state.shape)}"
+                    f"planner state must have shape {(e, self.state_size)}, got {tuple(state.shape)}"
                 )
-        best = _Best(e)
-        if self._enumerate:
-            seqs = self._all.to(self.device).expand(e, *self._all.shape)
-            best.consider(seqs, *self._score(obs, seqs))
-            new_state = torch.full((e, h, self.wm.act_dim), 1.0 / self.wm.act_dim, device=self.device)
-        elif self.wm.discrete:
-            new_state = self._cem_discrete(obs, state, generator, best)
         else:
-            new_state = self._cem_box(obs, state, generator, best)
-        seq = best.seq.cpu().numpy()
-        action = seq[:, 0].astype(np.int64) if self.wm.discrete else seq[:, 0].astype(np.float32)
-        return PlanResult(action=action, free_energy=best.g.cpu().numpy(), prediction=best.pred,
-                          sequence=seq, state=new_state.cpu().numpy().astype(np.float32))  # fmt: skip
+            state = torch.as_tensor(self.cold_state(e), device=self.device)
+        dist, prev_best, prev_pred, prev_g, age = self._unpack(state)
+        reuse = torch.zeros(e, dtype=torch.bool, device=self.device)
+        if warm and self.cfg.replan_every > 1 and hasattr(self.wm, "unsurprising"):
+            reuse = (age < self.cfg.replan_every - 1) & self.wm.unsurprising(prev_pred, obs)
+        seq = torch.roll(prev_best, -1, dims=1)  # reused rows: the previous plan, one step on
+        seq[:, -1] = seq[:, -2]
+        g = prev_g.clone()
+        new_dist = torch.roll(dist, -1, dims=1)
+        new_dist[:, -1] = self._cold_dist(1)[0, -1]
+        pred = torch.empty(0)
+        rows = (~reuse).nonzero()[:, 0]
+        if len(rows):
+            best = _Best(len(rows))
+            warm_rows = (dist[rows], prev_best[rows]) if warm else None
+            if self._enumerate:
+                seqs = self._all.to(self.device).expand(len(rows), *self._all.shape)
+                best.consider(seqs, *self._score(obs[rows], seqs))
+                planned = self._cold_dist(len(rows))
+            elif self.wm.discrete:
+                planned = self._cem_discrete(obs[rows], warm_rows, generator, best)
+            else:
+                planned = self._cem_box(obs[rows], warm_rows, generator, best)
+            seq[rows], g[rows], new_dist[rows] = best.seq, best.g.to(g), planned
+            pred = best.pred
+        first = seq[:, 0]
+        if bool(reuse.any()):  # the kept prediction of a reused plan's action: one free phase
+            reused = self.wm.predict_members(obs[reuse], first[reuse])["out"]
+            out = reused.new_empty(reused.shape[0], e, reused.shape[-1])
+            out[:, reuse] = reused
+            if len(rows):
+                out[:, rows] = pred
+        else:
+            out = pred
+        next_obs = self.wm.decode_next_obs(obs, out)  # (E, d): the ensemble's mean prediction
+        new_age = torch.where(reuse, age + 1, torch.zeros_like(age))
+        seq_np = seq.cpu().numpy()
+        action = seq_np[:, 0].astype(np.int64) if self.wm.discrete else seq_np[:, 0].astype(np.float32)
+        return PlanResult(action=action, free_energy=g.cpu().numpy(), prediction=out, sequence=seq_np,
+                          state=self._pack(new_dist, seq, next_obs, g, new_age),
+                          reused=reuse.cpu().numpy())  # fmt: skip
 
-    def _cem_discrete(self, obs, state, gen, best: _Best) -> torch.Tensor:
+    def _cem_discrete(self, obs, warm, gen, best: _Best) -> torch.Tensor:
         c, n, h = self.cfg, self.wm.act_dim, self.cfg.horizon
         e = obs.shape[0]
         probs = torch.full((e, h, n), 1.0 / n, device=self.device)
-        mode = None
-        if (
-            state is not None
-        ):  # warm start: shift by one, uniform at the end; its most likely sequence competes
-            probs[:, :-1] = 0.5 * state[:, 1:] + 0.5 / n
-            mode = state.argmax(-1).roll(
-                -1, dims=1
-            )  # (E, H): the previous plan shifted, its last step repeated
+        start = None
+        if warm is not None:  # warm start: shift by one, uniform at the end; the previous best plan competes
+            probs[:, :-1] = 0.5 * warm[0][:, 1:] + 0.5 / n
+            start = torch.roll(
+                warm[1], -1, dims=1
+            )  # (E, H): the previous best plan shifted, last step repeated
         for _ in range(c.iterations):
             u = torch.rand(e, c.candidates, h, 1, generator=gen, device=self.device)
             seqs = (u > probs.cumsum(-1)[:, None]).sum(-1).clamp_max(n - 1)  # (E, C, H)
             if best.seq is not None:
                 seqs[:, 0] = best.seq
-            elif mode is not None:
-                seqs[:, 0] = mode
+            elif start is not None:
+                seqs[:, 0] = start
             g, first = self._score(obs, seqs)
             best.consider(seqs, g, first)
-            elite = seqs.gather(
-                1, g.topk(c.elites, dim=1, largest=False).indices[..., None].expand(-1, -1, h)
-            )
-            freq = torch.nn.functional.one_hot(elite, n).float().mean(1)  # (E, H, n)
+            top = g.topk(c.elites, dim=1, largest=False).indices[..., None].expand(-1, -1, h)
+            freq = torch.nn.functional.one_hot(seqs.gather(1, top), n).float().mean(1)  # (E, H, n)
             probs = c.smoothing * probs + (1 - c.smoothing) * freq
         return probs
 
-    def _cem_box(self, obs, state, gen, best: _Best) -> torch.Tensor:
+    def _cem_box(self, obs, warm, gen, best: _Best) -> torch.Tensor:
         c, h, a = self.cfg, self.cfg.horizon, self.wm.act_dim
         e = obs.shape[0]
         low, high = self.wm.act_low, self.wm.act_high
         span = high - low
         mean = ((low + high) / 2).expand(e, h, a).clone()
         std = (span / 2).expand(e, h, a).clone()
-        warm = state is not None
-        if warm:  # the previous plan's mean shifted by one competes as a candidate
-            mean[:, :-1] = state[:, 1:, :a]
+        start = None
+        if warm is not None:  # the previous plan's mean shifted by one; its best sequence competes
+            mean[:, :-1] = warm[0][:, 1:, :a]
+            start = torch.roll(warm[1], -1, dims=1)
         for _ in range(c.iterations):
             noise = torch.randn(e, c.candidates, h, a, generator=gen, device=self.device)
             seqs = torch.maximum(torch.minimum(mean[:, None] + std[:, None] * noise, high), low)
             if best.seq is not None:
                 seqs[:, 0] = best.seq
-            elif warm:
-                seqs[:, 0] = mean
+            elif start is not None:
+                seqs[:, 0] = start
             g, first = self._score(obs, seqs)
             best.consider(seqs, g, first)
             idx = g.topk(c.elites, dim=1, largest=False).indices[..., None, None].expand(-1, -1, h, a)

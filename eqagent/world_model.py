@@ -230,6 +230,22 @@ class EPWorldModel(nn.Module):
             "term_prob": torch.sigmoid(out[..., d + 1]),
         }
 
+    def decode_next_obs(self, obs: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """The ensemble's mean next observation ``(B, d)`` from raw outputs ``out`` ``(M, B, d + 2)`` at ``obs``."""
+        return obs + self.delta_norm.denormalize(out[..., : self.obs_dim]).mean(0)
+
+    @torch.no_grad()
+    def unsurprising(self, predicted: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+        """Per row, whether ``obs`` is within what the surprise gate calls unsurprising of the ``predicted`` next
+        observation (its normalised squared error below the gate's opening z-score); ``False`` while the gate's
+        statistics are warming up, and for a ``NaN`` prediction."""
+        gate = self.gate
+        if gate.steps <= gate.config.warmup:
+            return torch.zeros(obs.shape[0], dtype=torch.bool, device=obs.device)
+        err = (((obs - predicted) / self.delta_norm.std.to(obs.dtype)) ** 2).mean(-1)
+        z = (torch.log(err + gate.config.eps) - gate.mean) / max(gate.var, 1e-12) ** 0.5
+        return z < gate.config.z_open
+
     @torch.no_grad()
     def predict(self, obs, action) -> dict[str, torch.Tensor]:
         """Ensemble-mean prediction ``next_obs (B, d)``, ``reward (B,)``, ``term_prob (B,)`` plus

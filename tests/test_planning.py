@@ -16,6 +16,9 @@ class LineWorld:
         self.discrete, self.act_dim, self.members = discrete, 2 if discrete else 1, members
         self.act_low, self.act_high = torch.tensor([-1.0]), torch.tensor([1.0])
 
+    def decode_next_obs(self, obs, out):
+        return out.mean(0)
+
     def _move(self, a):
         a = torch.as_tensor(a, dtype=torch.float32)
         return (2 * a - 1) if self.discrete else a[..., 0]
@@ -48,7 +51,7 @@ def test_discrete_planner_moves_toward_the_reward(candidates):
     assert planner.plan(np.array([0.5]), generator=gen).action[0] == 0
     assert planner.plan(np.array([-0.5]), generator=gen).action[0] == 1
     both = planner.plan(np.array([[0.5], [-0.5]]), generator=gen)  # two envs in one call
-    assert both.action.tolist() == [0, 1] and both.state.shape == (2, horizon, 2)
+    assert both.action.tolist() == [0, 1] and both.state.shape == (2, planner.state_size)
 
 
 def test_box_planner_and_preference():
@@ -119,3 +122,33 @@ def test_terminal_value_counts_past_the_horizon_weighted_by_survival():
     torch.testing.assert_close(g, torch.tensor([-2.0, -7.0, 0.0]) * 0.9**h)
     no_value = expected_free_energy(imagined, cfg)
     torch.testing.assert_close(no_value, torch.zeros(3))
+
+
+def test_plan_reuse_when_unsurprised_and_at_most_replan_every():
+    class Calm(LineWorld):
+        calls = 0
+
+        def imagine(self, obs, seqs):
+            Calm.calls += 1
+            return super().imagine(obs, seqs)
+
+        def unsurprising(self, predicted, obs):
+            return torch.ones(obs.shape[0], dtype=torch.bool)
+
+        def predict_members(self, obs, action):
+            x = torch.as_tensor(obs, dtype=torch.float32)[:, 0] + 0.1 * self._move(action)
+            return {"out": x[None, :, None].expand(self.members, -1, 1)}
+
+    planner = CEMPlanner(Calm(True), PlannerConfig(horizon=6, candidates=16, elites=4, replan_every=3))
+    gen = torch.Generator().manual_seed(0)
+    first = planner.plan(np.array([0.5]), generator=gen)
+    searches = Calm.calls
+    assert not first.reused[0]
+    second = planner.plan(np.array([0.4]), first.state, gen)
+    third = planner.plan(np.array([0.3]), second.state, gen)
+    assert second.reused[0] and third.reused[0] and Calm.calls == searches  # two steps of the same plan
+    assert second.action[0] == first.sequence[0, 1] and third.action[0] == first.sequence[0, 2]
+    fourth = planner.plan(np.array([0.2]), third.state, torch.Generator().manual_seed(1))
+    assert not fourth.reused[0] and Calm.calls > searches  # replan_every reached: a search
+    again = planner.plan(np.array([0.2]), third.state, torch.Generator().manual_seed(1))
+    assert np.array_equal(again.state, fourth.state)  # a pure function of its inputs
