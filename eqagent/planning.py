@@ -237,7 +237,7 @@ class CEMPlanner(Planner):
         unsurprising`) takes the next action of that plan without a search."""
         obs = torch.as_tensor(np.asarray(obs, dtype=np.float32) if not torch.is_tensor(obs) else obs)
         obs = obs.to(self.device, torch.float32).reshape(-1, self.wm.obs_dim)  # (E, d)
-        e, h = obs.shape[0], self.cfg.horizon
+        e = obs.shape[0]
         warm = state is not None
         if warm:
             state = torch.as_tensor(np.asarray(state, dtype=np.float32), device=self.device)
