@@ -119,7 +119,7 @@ def run_agent(cfg: RunConfig) -> dict:
     )
     start = agent.num_timesteps
     t0 = time.perf_counter()
-    agent.learn(cfg.total_timesteps, callback=eval_cb, progress_bar=cfg.progress_bar, tb_log_name=f"EPAgent_{cfg.env}",
+    agent.learn(cfg.total_timesteps, callback=eval_cb, progress_bar=cfg.progress_bar, tb_log_name=f"EPAgent_{cfg.env.replace('/', '_')}",
                 reset_num_timesteps=not cfg.load)  # fmt: skip
     wall = time.perf_counter() - t0
     run_dir = agent.logger.get_dir()

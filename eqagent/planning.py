@@ -56,6 +56,8 @@ class PlannerConfig:
         min_std: Floor of the Gaussian std (Box actions, in units of the action range).
         replan_every: Search at least every this many steps; in between, an env whose last step the world model
             predicted unsurprisingly takes the next action of its previous plan (1: search at every step).
+        reuse_z: "Unsurprising" for ``replan_every``: the step's prediction error below this many standard
+            deviations of the surprise gate's log-error statistics above their mean.
     """
 
     horizon: int = 15
@@ -68,6 +70,7 @@ class PlannerConfig:
     smoothing: float = 0.1
     min_std: float = 0.05
     replan_every: int = 1
+    reuse_z: float = 1.0
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
@@ -250,7 +253,7 @@ class CEMPlanner(Planner):
         dist, prev_best, prev_pred, prev_g, age = self._unpack(state)
         reuse = torch.zeros(e, dtype=torch.bool, device=self.device)
         if warm and self.cfg.replan_every > 1 and hasattr(self.wm, "unsurprising"):
-            reuse = (age < self.cfg.replan_every - 1) & self.wm.unsurprising(prev_pred, obs)
+            reuse = (age < self.cfg.replan_every - 1) & self.wm.unsurprising(prev_pred, obs, self.cfg.reuse_z)
         seq = torch.roll(prev_best, -1, dims=1)  # reused rows: the previous plan, one step on
         seq[:, -1] = seq[:, -2]
         g = prev_g.clone()

@@ -42,6 +42,12 @@ class ValueConfig:
         settle_steps: EP nudged relaxation steps.
         batch_size: Replayed transitions per update and member.
         tau: Polyak rate of the target copy.
+        recent: Sample the replay's newest ``recent`` transitions only (0: all of it). TD(0) on old transitions
+            learns the value of old behaviour: a start state from which an early, poor policy fell fast keeps a
+            low value long after the agent learned to balance from it.
+        terminal_fraction: Share of each batch drawn from the terminal transitions of that window (when there
+            are any): terminations are rare once the agent is good, and what they teach (which states end an
+            episode) is what the planner needs from the value.
         seed: Initialisation and sampling seed.
     """
 
@@ -53,6 +59,8 @@ class ValueConfig:
     settle_steps: int = 1
     batch_size: int = 64
     tau: float = 0.05
+    recent: int = 0
+    terminal_fraction: float = 0.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -66,6 +74,10 @@ class ValueConfig:
             raise ValueError(f"value discount must lie in (0, 1), got {self.discount}")
         if not 0 < self.tau <= 1 or not self.lr > 0 or not self.beta > 0:
             raise ValueError("tau must lie in (0, 1], lr and beta must be > 0")
+        if self.recent < 0 or not 0 <= self.terminal_fraction < 1:
+            raise ValueError(
+                f"recent must be >= 0 and terminal_fraction in [0, 1), got {self.recent}, {self.terminal_fraction}"
+            )
         if self.members < 1 or self.batch_size < 1 or len(self.hidden) < 1:
             raise ValueError("members and batch_size must be >= 1 and hidden must list a layer")
 
@@ -120,7 +132,14 @@ class EPValueFunction(nn.Module):
         n = wm.replay.size
         if n == 0:
             return float("nan")
-        idx = self.rng.integers(0, n, size=(cfg.members, min(cfg.batch_size, n)))
+        window = wm.replay.newest(min(n, cfg.recent)) if cfg.recent else np.arange(n)
+        b = min(cfg.batch_size, len(window))
+        idx = window[self.rng.integers(0, len(window), size=(cfg.members, b))]
+        k = int(round(cfg.terminal_fraction * b))
+        if k:
+            terminals = window[wm.replay.term[window] > 0]
+            if len(terminals):
+                idx[:, :k] = terminals[self.rng.integers(0, len(terminals), size=(cfg.members, k))]
         o, _, no, r, t = (torch.from_numpy(v).to(wm.device) for v in wm.replay.sample(idx))
         with torch.no_grad():
             boot = self.target(self._input(no))[..., 0]  # (M, B)
@@ -131,7 +150,6 @@ class EPValueFunction(nn.Module):
             p.grad = g
         self.optimizer.step()
         with torch.no_grad():
-            for p, q in zip(self.energy.parameters(), self.target.parameters()):
-                q.lerp_(p, cfg.tau)
+            torch._foreach_lerp_(list(self.target.parameters()), list(self.energy.parameters()), cfg.tau)
         self.updates += 1
         return float(step.loss)

@@ -235,16 +235,19 @@ class EPWorldModel(nn.Module):
         return obs + self.delta_norm.denormalize(out[..., : self.obs_dim]).mean(0)
 
     @torch.no_grad()
-    def unsurprising(self, predicted: torch.Tensor, obs: torch.Tensor) -> torch.Tensor:
+    def unsurprising(
+        self, predicted: torch.Tensor, obs: torch.Tensor, z_max: float | None = None
+    ) -> torch.Tensor:
         """Per row, whether ``obs`` is within what the surprise gate calls unsurprising of the ``predicted`` next
-        observation (its normalised squared error below the gate's opening z-score); ``False`` while the gate's
-        statistics are warming up, and for a ``NaN`` prediction."""
+        observation: its normalised squared error, read as a z-score against the gate's statistics of log-error,
+        is below ``z_max`` (default: the gate's own opening threshold); ``False`` while the gate's statistics are
+        warming up, and for a ``NaN`` prediction."""
         gate = self.gate
         if gate.steps <= gate.config.warmup:
             return torch.zeros(obs.shape[0], dtype=torch.bool, device=obs.device)
         err = (((obs - predicted) / self.delta_norm.std.to(obs.dtype)) ** 2).mean(-1)
         z = (torch.log(err + gate.config.eps) - gate.mean) / max(gate.var, 1e-12) ** 0.5
-        return z < gate.config.z_open
+        return z < (gate.config.z_open if z_max is None else z_max)
 
     @torch.no_grad()
     def predict(self, obs, action) -> dict[str, torch.Tensor]:

@@ -132,7 +132,7 @@ def test_plan_reuse_when_unsurprised_and_at_most_replan_every():
             Calm.calls += 1
             return super().imagine(obs, seqs)
 
-        def unsurprising(self, predicted, obs):
+        def unsurprising(self, predicted, obs, z_max=None):
             return torch.ones(obs.shape[0], dtype=torch.bool)
 
         def predict_members(self, obs, action):
