@@ -60,3 +60,25 @@ def test_activation_boxes():
     s = torch.tensor([-1.0, 0.5, 2.0])
     assert hs.project(s).tolist() == [0.0, 0.5, 1.0]
     assert get_activation("sigmoid").project(s) is s
+
+
+def test_prediction_errors_kept_from_the_step_equal_recomputed(gen):
+    from eqagent.costs import MSECost
+    from eqagent.energy import EnsembleMLPEnergy
+    from eqagent.relax import settle
+
+    net = EnsembleMLPEnergy([3, 8, 8, 2], members=2, generator=gen, dtype=torch.float64)
+    x = torch.rand(2, 5, 3, generator=gen, dtype=torch.float64)
+    y = torch.rand(2, 5, 2, generator=gen, dtype=torch.float64)
+    out = settle(net, net.feedforward(x), beta=0.3, cost=MSECost(), target=y, steps=2).states
+    kept = net.errors(out)
+    net._last_errors = None
+    fresh = net.errors(out)
+    for a, b in zip(kept[0][1:] + kept[1][1:], fresh[0][1:] + fresh[1][1:]):
+        torch.testing.assert_close(
+            a if a is not None else torch.ones(()), b if b is not None else torch.ones(())
+        )
+    with torch.no_grad():
+        net.weights[1].add_(0.1)  # the kept errors are stale once a parameter changes
+    moved = net.errors(out)
+    assert not torch.allclose(moved[0][2], kept[0][2])
