@@ -60,7 +60,7 @@ class ValueConfig:
     batch_size: int = 64
     tau: float = 0.05
     recent: int = 0
-    terminal_fraction: float = 0.0
+    terminal_fraction: float = 0.125
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -135,7 +135,7 @@ class EPValueFunction(nn.Module):
         window = wm.replay.newest(min(n, cfg.recent)) if cfg.recent else np.arange(n)
         b = min(cfg.batch_size, len(window))
         idx = window[self.rng.integers(0, len(window), size=(cfg.members, b))]
-        k = int(round(cfg.terminal_fraction * b))
+        k = round(cfg.terminal_fraction * b)
         if k:
             terminals = window[wm.replay.term[window] > 0]
             if len(terminals):
