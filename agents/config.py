@@ -67,10 +67,12 @@ class EPAgentConfig:
 
 
 PRESETS: dict[str, dict[str, Any]] = {
-    # 2 CEM iterations (warm-started): ~14 ms per action on 2 CPU cores (3 iterations: ~20 ms); same median steps
-    # to the first eval >= 475, but less steady before 3,000 steps (docs/benchmarks.md, issues 5 and 6)
+    # one CEM iteration from the previous plan (shifted, it competes) and a search at least every 2nd step: as
+    # steady as 2 iterations at a third of the planning time (docs/benchmarks.md, issue 18)
     "CartPole-v1": {
-        "planner": dict(horizon=20, candidates=128, iterations=2, elites=16, termination_penalty=20.0)
+        "planner": dict(
+            horizon=20, candidates=128, iterations=1, elites=16, termination_penalty=20.0, replan_every=2
+        )
     },
     "Pendulum-v1": {
         "planner": dict(horizon=15, candidates=256, iterations=4, elites=32, termination_penalty=0.0),
