@@ -41,7 +41,8 @@ class SpeedBenchConfig:
         ppo_budget: Env steps of each PPO run (rl-zoo settings).
         eval_freq: Evaluation period in env steps.
         n_eval_episodes: Deterministic episodes per evaluation.
-        vec_steps: Env steps timed for the vectorised-env speed-up (after the warm-up).
+        vec_steps: Env steps timed for the vectorised-env speed-up.
+        vec_warmup: Env steps per env before that timing starts (after ``learning_starts``).
         threads: torch CPU threads (one, as the issue's figures).
     """
 
@@ -52,6 +53,7 @@ class SpeedBenchConfig:
     eval_freq: int = 500
     n_eval_episodes: int = 10
     vec_steps: int = 800
+    vec_warmup: int = 100
     threads: int = 1
 
     def __post_init__(self) -> None:
@@ -87,10 +89,10 @@ def _train(model, env_id: str, seed: int, budget: int, cfg: SpeedBenchConfig) ->
             **summarize(cb.history, reward_threshold(env_id)), "wall": time.perf_counter() - t0}  # fmt: skip
 
 
-def _steps_per_second(env_id: str, n_envs: int, steps: int, seed: int) -> float:
+def _steps_per_second(env_id: str, n_envs: int, steps: int, warmup: int, seed: int) -> float:
     env = gym.make_vec(env_id, n_envs, vectorization_mode="sync") if n_envs > 1 else env_id
     agent = EPAgent(env, seed=seed)
-    warm = max(agent.config.learning_starts, 0) + 100 * n_envs
+    warm = agent.config.learning_starts + warmup * n_envs
     agent.learn(warm)
     t0 = time.perf_counter()
     agent.learn(steps, reset_num_timesteps=False)
@@ -108,8 +110,8 @@ def run_speed_bench(cfg: SpeedBenchConfig) -> dict:
         ep_runs.append(run)
         model, _ = make_sb3("ppo", cfg.env, seed)
         ppo_runs.append(_train(model, cfg.env, seed, cfg.ppo_budget, cfg))
-    sps1 = _steps_per_second(cfg.env, 1, cfg.vec_steps, 0)
-    sps8 = _steps_per_second(cfg.env, 8, cfg.vec_steps, 0)
+    sps1 = _steps_per_second(cfg.env, 1, cfg.vec_steps, cfg.vec_warmup, 0)
+    sps8 = _steps_per_second(cfg.env, 8, cfg.vec_steps, cfg.vec_warmup, 0)
     ep_wall = _median([r["train_seconds_to_threshold"] for r in ep_runs])
     ppo_wall = _median([r["train_seconds_to_threshold"] for r in ppo_runs])
     per_run = [{"algo": algo, "seed": i, **{k: v for k, v in r.items() if k != "history"},

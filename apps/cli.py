@@ -123,6 +123,9 @@ BENCHMARKS: dict[str, Command] = {
     "worldmodel": Command(
         "online EP world model vs backprop, surprise gate, physics shift", _bench_worldmodel
     ),
+    "speed": Command(
+        "EP agent vs SB3 PPO: ms per step, wall-clock to the threshold, vec-env speed-up", _bench_speed
+    ),
 }
 
 

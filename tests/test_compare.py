@@ -75,3 +75,15 @@ def test_zoo_data_and_config_errors():
         CompareConfig(algos="ep,a2c").algo_list()
     with pytest.raises(ValueError, match="Discrete"):
         run_compare(CompareConfig(env="Pendulum-v1", algos="dqn", out="unused"))
+
+
+def test_speed_bench_reports_its_figures(capsys):
+    argv = ["bench", "speed", "--env", "eqagent/LineWorld-v0", "--seeds", "1", "--ep-budget", "60", "--ppo-budget",
+            "128", "--eval-freq", "30", "--n-eval-episodes", "1", "--vec-steps", "16", "--vec-warmup", "2", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    for key in ("ep_ms_per_step", "ep_plan_ms", "ppo_ms_per_step", "ep_steps_to_threshold", "ppo_steps_to_threshold",
+                "ep_wall_to_threshold_s", "ppo_wall_to_threshold_s", "wall_ratio", "vec_speedup_8"):  # fmt: skip
+        assert key in out
+    assert out["ep_ms_per_step"] > 0 and out["vec_speedup_8"] > 0
+    assert out["wall_ratio"] is None  # LineWorld has no threshold: nothing to time, and nothing guessed
