@@ -112,6 +112,7 @@ class EvalHistoryCallback(EvalCallback):
 
     def _evaluate(self) -> bool:
         t0 = time.perf_counter()
+        trained = self.train_seconds(t0)  # before this evaluation's own time is counted
         self._episode, self._rewards = 0, []
         infos = getattr(
             self.model, "ep_info_buffer", None
@@ -125,7 +126,7 @@ class EvalHistoryCallback(EvalCallback):
         self.history.append({
             "step": int(self.num_timesteps), "mean": float(self.last_mean_reward),
             "std": float(np.std(self._rewards)) if len(self._rewards) else math.nan,
-            "learned": self._learned(), "train_seconds": self.train_seconds(t0),
+            "learned": self._learned(), "train_seconds": trained,
         })  # fmt: skip
         return cont
 

@@ -1,8 +1,9 @@
 """eqagent: reinforcement-learning agents whose brain learns by Equilibrium Propagation.
 
 The library (this package, less its ``apps``, ``agents`` and ``envs`` subpackages) depends on torch, numpy and
-Gymnasium's spaces. The applications (:mod:`eqagent.apps`: the command, the MNIST runs, the benchmarks), the agent
-(:mod:`eqagent.agents`) and the registered envs (:mod:`eqagent.envs`) are built on it; it never imports them.
+Gymnasium's spaces. The applications (the command, the MNIST runs, the benchmarks), the agent and the registered
+envs live in those three subpackages, built from the repository's ``apps/``, ``agents/`` and ``envs/`` folders;
+the library never imports them.
 """
 
 from eqagent.costs import CrossEntropyCost, MSECost

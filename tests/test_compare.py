@@ -87,3 +87,15 @@ def test_speed_bench_reports_its_figures(capsys):
         assert key in out
     assert out["ep_ms_per_step"] > 0 and out["vec_speedup_8"] > 0
     assert out["wall_ratio"] is None  # LineWorld has no threshold: nothing to time, and nothing guessed
+
+
+def test_train_seconds_exclude_evaluations():
+    from eqagent.agents import EPAgent
+    from eqagent.agents.evaluation import EvalHistoryCallback
+    from eqagent.agents.run import make_eval_env
+
+    agent = EPAgent("eqagent/LineWorld-v0", seed=0, learning_starts=10)
+    cb = EvalHistoryCallback(make_eval_env("eqagent/LineWorld-v0", 0), 20, 1)
+    agent.learn(40, callback=cb)
+    seconds = [e["train_seconds"] for e in cb.history]
+    assert seconds[0] == pytest.approx(0.0, abs=0.05) and 0 < seconds[1] < seconds[2] <= cb.train_seconds()

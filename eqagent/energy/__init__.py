@@ -3,7 +3,7 @@
 * :mod:`eqagent.energy.hopfield` — the layered Hopfield energy :class:`EnergyNet` (Scellier & Bengio 2017): the
   free phase is a true relaxation (fixed-point or gradient dynamics).
 * :mod:`eqagent.energy.prediction_error` — the layer-wise prediction-error energy (:class:`SequentialEnergy` for an
-  ``nn.Sequential``, :class:`EnsembleMLPEnergy` for the world model and the value): its free equilibrium is the
+  ``nn.Sequential`` in :mod:`eqagent.energy.sequential`, :class:`EnsembleMLPEnergy` for the world model and the value): its free equilibrium is the
   feed-forward pass (:func:`propagate`), so only the nudged phases relax.
 * :mod:`eqagent.energy.activations` — the activations ρ and their boxes.
 
@@ -13,12 +13,8 @@ Both families relax through the one path :func:`eqagent.relax.settle` and learn 
 from eqagent.energy.activations import ACTIVATIONS, Activation, get_activation
 from eqagent.energy.base import Dynamics, LayeredEnergy
 from eqagent.energy.hopfield import EnergyNet
-from eqagent.energy.prediction_error import (
-    EnsembleMLPEnergy,
-    PredictionErrorEnergy,
-    SequentialEnergy,
-    propagate,
-)
+from eqagent.energy.prediction_error import EnsembleMLPEnergy, PredictionErrorEnergy, propagate
+from eqagent.energy.sequential import SequentialEnergy
 
 __all__ = [
     "ACTIVATIONS",
