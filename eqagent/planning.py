@@ -291,6 +291,17 @@ class CEMPlanner(Planner):
                           state=self._pack(new_dist, seq, next_obs, g, new_age),
                           reused=reuse.cpu().numpy())  # fmt: skip
 
+    def _elites(self, obs, seqs: torch.Tensor, best: _Best, start: torch.Tensor | None) -> torch.Tensor:
+        """Puts the best sequence so far (or the warm start's) in as candidate 0, scores ``seqs`` ``(E, C, …)``,
+        keeps the best, and returns the indices of the elites ``(E, k)``."""
+        if best.seq is not None:
+            seqs[:, 0] = best.seq
+        elif start is not None:
+            seqs[:, 0] = start
+        g, first = self._score(obs, seqs)
+        best.consider(seqs, g, first)
+        return g.topk(self.cfg.elites, dim=1, largest=False).indices
+
     def _cem_discrete(self, obs, warm, gen, best: _Best) -> torch.Tensor:
         c, n, h = self.cfg, self.wm.act_dim, self.cfg.horizon
         e = obs.shape[0]
@@ -304,13 +315,7 @@ class CEMPlanner(Planner):
         for _ in range(c.iterations):
             u = torch.rand(e, c.candidates, h, 1, generator=gen, device=self.device)
             seqs = (u > probs.cumsum(-1)[:, None]).sum(-1).clamp_max(n - 1)  # (E, C, H)
-            if best.seq is not None:
-                seqs[:, 0] = best.seq
-            elif start is not None:
-                seqs[:, 0] = start
-            g, first = self._score(obs, seqs)
-            best.consider(seqs, g, first)
-            top = g.topk(c.elites, dim=1, largest=False).indices[..., None].expand(-1, -1, h)
+            top = self._elites(obs, seqs, best, start)[..., None].expand(-1, -1, h)
             freq = torch.nn.functional.one_hot(seqs.gather(1, top), n).float().mean(1)  # (E, H, n)
             probs = c.smoothing * probs + (1 - c.smoothing) * freq
         return probs
@@ -329,13 +334,7 @@ class CEMPlanner(Planner):
         for _ in range(c.iterations):
             noise = torch.randn(e, c.candidates, h, a, generator=gen, device=self.device)
             seqs = torch.maximum(torch.minimum(mean[:, None] + std[:, None] * noise, high), low)
-            if best.seq is not None:
-                seqs[:, 0] = best.seq
-            elif start is not None:
-                seqs[:, 0] = start
-            g, first = self._score(obs, seqs)
-            best.consider(seqs, g, first)
-            idx = g.topk(c.elites, dim=1, largest=False).indices[..., None, None].expand(-1, -1, h, a)
+            idx = self._elites(obs, seqs, best, start)[..., None, None].expand(-1, -1, h, a)
             elite = seqs.gather(1, idx)  # (E, k, H, A)
             mean = c.smoothing * mean + (1 - c.smoothing) * elite.mean(1)
             spread = elite.std(1, unbiased=False)
