@@ -59,7 +59,7 @@ class EvalHistoryCallback(EvalCallback):
 
     Args:
         eval_env: The evaluation env (wrapped in a ``DummyVecEnv`` as SB3 does).
-        eval_every: Env steps between evaluations (converted to calls of the vector env).
+        eval_every: Env steps between evaluations (counted in env steps whatever the number of envs).
         n_eval_episodes: Deterministic episodes per evaluation.
         evaluate_at_start: Also evaluate before any training step.
         files_to_run_dir: Write ``evaluations.npz`` and ``best_model`` into the model's log folder (when it has
