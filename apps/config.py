@@ -47,8 +47,8 @@ def _parse_type(tp: Any) -> Any:
     return tp
 
 
-def _add_field(parser: argparse.ArgumentParser, f: dataclasses.Field, tp: Any, names: list[str], dest: str,
-               default: Any, doc: str) -> None:  # fmt: skip
+def _add_field(parser: argparse.ArgumentParser, tp: Any, names: list[str], dest: str, default: Any,
+               doc: str) -> None:  # fmt: skip
     help_text = f"{doc} (default: {default})".replace("%", "%%")
     if tp is bool:
         parser.add_argument(
@@ -88,11 +88,11 @@ def add_dataclass_args(parser: argparse.ArgumentParser, cls: type) -> None:
                     continue
                 names = ["--" + sf.name.replace("_", "-")]
                 doc = f"{f.name}.{sf.name}: {sub_docs.get(sf.name, '')}"
-                _add_field(parser, sf, _parse_type(sub_hints[sf.name]), names, f"{f.name}.{sf.name}", _default(sf),
+                _add_field(parser, _parse_type(sub_hints[sf.name]), names, f"{f.name}.{sf.name}", _default(sf),
                            doc)  # fmt: skip
             continue
         names = ["--" + f.name.replace("_", "-"), *f.metadata.get("aliases", ())]
-        _add_field(parser, f, _parse_type(hints[f.name]), names, f.name, _default(f), docs.get(f.name, ""))
+        _add_field(parser, _parse_type(hints[f.name]), names, f.name, _default(f), docs.get(f.name, ""))
 
 
 def dataclass_from_args(cls: type[T], ns: argparse.Namespace) -> T:

@@ -132,12 +132,15 @@ class EPValueFunction(nn.Module):
         n = wm.replay.size
         if n == 0:
             return float("nan")
-        window = wm.replay.newest(min(n, cfg.recent)) if cfg.recent else np.arange(n)
-        b = min(cfg.batch_size, len(window))
-        idx = window[self.rng.integers(0, len(window), size=(cfg.members, b))]
+        window = wm.replay.newest(cfg.recent) if 0 < cfg.recent < n else None  # None: the whole replay
+        size = n if window is None else len(window)
+        b = min(cfg.batch_size, size)
+        idx = self.rng.integers(0, size, size=(cfg.members, b))
+        idx = idx if window is None else window[idx]
         k = round(cfg.terminal_fraction * b)
         if k:
-            terminals = window[wm.replay.term[window] > 0]
+            terms = wm.replay.term
+            terminals = np.flatnonzero(terms[:n]) if window is None else window[terms[window] > 0]
             if len(terminals):
                 idx[:, :k] = terminals[self.rng.integers(0, len(terminals), size=(cfg.members, k))]
         o, _, no, r, t = (torch.from_numpy(v).to(wm.device) for v in wm.replay.sample(idx))

@@ -16,7 +16,7 @@ model.
 from __future__ import annotations
 
 from collections import deque
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -173,11 +173,6 @@ class EPWorldModel(nn.Module):
         self._imagination: Imagination | None = None
 
     # ------------------------------------------------------------------ encoding
-    def _tensor(self, x) -> torch.Tensor:
-        """``x`` as a float32 tensor on the model's device."""
-        t = x if torch.is_tensor(x) else torch.as_tensor(np.asarray(x))
-        return t.to(device=self.device, dtype=torch.float32)
-
     def encode_action(self, action) -> torch.Tensor:
         """One-hot (Discrete) or scaled to [−1, 1] (Box); shape ``(..., act_dim)``."""
         a = action if torch.is_tensor(action) else torch.as_tensor(np.asarray(action))
@@ -317,14 +312,10 @@ class EPWorldModel(nn.Module):
         ``out`` ``(M, B, d + 2)`` vs the real outcome."""
         o = self._check_obs(obs).reshape(-1, self.obs_dim)
         no = self._check_obs(next_obs).reshape(-1, self.obs_dim)
-        r = self._tensor(reward).reshape(-1)
+        r = torch.as_tensor(np.asarray(reward), dtype=torch.float32, device=self.device).reshape(-1)
         tgt = self._targets(o, no, r, torch.zeros_like(r))[..., : self.obs_dim + 1]
         pred = out.mean(0)[..., : self.obs_dim + 1]
         return ((pred - tgt) ** 2).mean(-1)
-
-    def prediction_error(self, out: torch.Tensor, obs, next_obs, reward) -> float:
-        """Mean of :meth:`prediction_errors` over the batch."""
-        return float(self.prediction_errors(out, obs, next_obs, reward).mean())
 
     def observe(
         self, obs, action, next_obs, reward, terminated, prediction: torch.Tensor | None = None
@@ -443,8 +434,3 @@ class EPWorldModel(nn.Module):
     def set_extra_state(self, state: dict) -> None:
         self.gate.load_state_dict(state["gate"])
         self.observed, self.updates = int(state["observed"]), int(state["updates"])
-
-    def config_dict(self) -> dict:
-        d = asdict(self.config)
-        d["hidden"] = list(d["hidden"])
-        return d

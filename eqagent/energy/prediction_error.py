@@ -256,11 +256,29 @@ class PredictionErrorEnergy(LayeredEnergy):
     def energy_param_grad_diff(
         self, a: Sequence[torch.Tensor], b: Sequence[torch.Tensor]
     ) -> dict[nn.Parameter, torch.Tensor]:
-        batch = a[0].shape[-2]
         ea, da = self.errors(a)
-        eb, db = ea, da
-        if any(x is not y for x, y in zip(a, b)):
-            eb, db = self.errors(b)
+        eb, db = (ea, da) if all(x is y for x, y in zip(a, b)) else self.errors(b)
+        return self._grad_diff(a, b, ea, da, eb, db)
+
+    def stacked_grad_diff(self, states: Sequence[torch.Tensor], b: int) -> dict[nn.Parameter, torch.Tensor]:
+        """:meth:`energy_param_grad_diff` of the two halves (rows ``:b`` and ``b:``) of stacked states whose input
+        is the same in both halves: the prediction errors of both are computed in one pass."""
+        es, ds = self.errors(states)
+
+        def half(ts: Sequence, rows: slice) -> list:  # layers 1 … L; index 0 is left to the caller
+            return [None if t is None else t[..., rows, :] for t in ts[1:]]
+
+        first, second = slice(None, b), slice(b, None)
+        x = states[0][..., first, :]  # one tensor for both halves: the clamped input's term is computed once
+        a, bb = [x, *half(states, first)], [x, *half(states, second)]
+        e_a, d_a, e_b, d_b = (
+            [None, *half(t, r)] for t, r in ((es, first), (ds, first), (es, second), (ds, second))
+        )
+        return self._grad_diff(a, bb, e_a, d_a, e_b, d_b)
+
+    def _grad_diff(self, a, b, ea, da, eb, db) -> dict[nn.Parameter, torch.Tensor]:
+        """The local rule from both states' prediction errors ``e`` and derivatives ``d`` (index 0 unused)."""
+        batch = a[0].shape[-2]
         out: dict[nn.Parameter, torch.Tensor] = {}
         for l in range(1, self.num_layers):
             ga, gb = _times(ea[l], da[l]), _times(eb[l], db[l])
@@ -269,22 +287,6 @@ class PredictionErrorEnergy(LayeredEnergy):
             else:
                 gw = a[l - 1].transpose(-1, -2) @ ga - b[l - 1].transpose(-1, -2) @ gb
             out.update(self._param_grads(l, -gw / batch, -(ga - gb).mean(-2)))
-        return out
-
-    def stacked_grad_diff(self, states: Sequence[torch.Tensor], b: int) -> dict[nn.Parameter, torch.Tensor]:
-        """:meth:`energy_param_grad_diff` of the two halves (rows ``:b`` and ``b:``) of stacked states whose input
-        is the same in both halves: the prediction errors of both are computed in one pass."""
-        es, ds = self.errors(states)
-        out: dict[nn.Parameter, torch.Tensor] = {}
-        for l in range(1, self.num_layers):
-            g = _times(es[l], ds[l])
-            ga, gb = g[..., :b, :], g[..., b:, :]
-            below = states[l - 1]
-            if l == 1:
-                gw = below[..., :b, :].transpose(-1, -2) @ (ga - gb)
-            else:
-                gw = below[..., :b, :].transpose(-1, -2) @ ga - below[..., b:, :].transpose(-1, -2) @ gb
-            out.update(self._param_grads(l, -gw / b, -(ga - gb).mean(-2)))
         return out
 
 
