@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from eqagent.apps.logging import Logger, next_run_dir
+from eqagent.apps.logging import log_image, run_logger
 from torch import nn
 
 from eqagent.data import load_mnist_splits
@@ -106,7 +106,7 @@ def run_dream(cfg: DreamRunConfig, data: tuple | None = None) -> dict:
     model = DreamerNet(x.shape[1], num_classes, DreamerConfig(hidden=(cfg.hidden,), dream_weight=cfg.dream_weight,
                                                      label_copies=cfg.label_copies, seed=cfg.seed))  # fmt: skip
     opt = torch.optim.Adam(model.net.trainable_parameters(), lr=cfg.lr)
-    logger = Logger(next_run_dir(cfg.tensorboard_log, "EPDreamer") if cfg.tensorboard_log else None)
+    logger = run_logger(cfg.tensorboard_log, "EPDreamer")
     gen = torch.Generator().manual_seed(cfg.seed)
     step = 0
     for _ in range(cfg.epochs):
@@ -116,7 +116,7 @@ def run_dream(cfg: DreamRunConfig, data: tuple | None = None) -> dict:
             losses = model.train_batch(x[idx], y[idx], opt)
             step += len(idx)
             for k, v in losses.items():
-                logger.record(f"train/{k}_cost", v)
+                logger.record_mean(f"train/{k}_cost", v)
             if (i // cfg.batch_size) % 200 == 0:
                 logger.dump(step)
     test_acc = float((model.predict(xt) == yt).float().mean())
@@ -142,10 +142,10 @@ def run_dream(cfg: DreamRunConfig, data: tuple | None = None) -> dict:
     logger.record("dream/accuracy", dream_acc)
     logger.record("eval/test_accuracy", test_acc)
     logger.dump(step)
-    logger.add_image("dream/grid", grid.numpy(), step)
+    log_image(logger, "dream/grid", grid.numpy(), step)
     logger.close()
     per_label = [float((dream_pred[labels == c] == c).float().mean()) for c in range(num_classes)]
     return {"dream_accuracy": dream_acc, "dream_accuracy_per_label": per_label, "judge_test_accuracy": judge_acc,
             "dreamer_test_accuracy": test_acc, "png": str(out), "dreams": len(labels),
             "seconds": time.perf_counter() - t0,
-            "run_dir": str(logger.run_dir) if logger.run_dir else None}  # fmt: skip
+            "run_dir": logger.get_dir()}  # fmt: skip

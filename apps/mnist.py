@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
-from eqagent.apps.logging import Logger, next_run_dir
+from eqagent.apps.logging import run_logger
 from torch import nn
 
 from eqagent.classifier import EPClassifier
@@ -166,7 +166,7 @@ def train_mnist(
 
     logger = None
     if cfg.tensorboard_log:
-        logger = Logger(next_run_dir(cfg.tensorboard_log, "EPClassifier"))
+        logger = run_logger(cfg.tensorboard_log, "EPClassifier")
     ep_times, bp_times, history = [], [], []
     n = len(xtr)
     for epoch in range(1, cfg.epochs + 1):
@@ -239,7 +239,7 @@ def train_mnist(
         summary["bp_seconds_per_epoch"] = float(np.mean(bp_times))
         summary["ep_bp_time_ratio"] = summary["seconds_per_epoch"] / summary["bp_seconds_per_epoch"]
     if logger is not None:
-        summary["run_dir"] = str(logger.run_dir)
+        summary["run_dir"] = logger.get_dir()
     if relaxation is not None:
         summary["relaxation"] = relaxation
     return summary, clf

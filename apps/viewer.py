@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from eqagent.apps.logging import log_image
 
 from eqagent.costs import Cost
 from eqagent.energy import LayeredEnergy
@@ -75,7 +76,7 @@ def _as_image(v: np.ndarray) -> np.ndarray:
 
 def render_relaxation(frames: list[dict], out_prefix: str | Path, logger=None, strip_frames: int = 8) -> dict:
     """Writes ``{out_prefix}.gif`` (every step) and ``{out_prefix}.png`` (a strip of ``strip_frames`` steps);
-    with a :class:`eqagent.apps.logging.Logger`, also TensorBoard images ``relaxation/step`` (one per step).
+    with an SB3 ``Logger`` (:func:`eqagent.apps.logging.run_logger`), also TensorBoard images ``relaxation/step`` (one per step).
 
     Returns:
         The paths written.
@@ -143,7 +144,7 @@ def render_relaxation(frames: list[dict], out_prefix: str | Path, logger=None, s
             if logger is not None:
                 fig.canvas.draw()
                 rgb = np.asarray(fig.canvas.buffer_rgba())[..., :3]
-                logger.add_image("relaxation/step", rgb, i, dataformats="HWC")
+                log_image(logger, "relaxation/step", rgb, i, dataformats="HWC")
     plt.close(fig)
     picks = np.unique(np.linspace(0, len(frames) - 1, min(strip_frames, len(frames))).round().astype(int))
     fig, axes = plt.subplots(n_layers, len(picks), figsize=(1.6 * len(picks), 1.7 * n_layers), squeeze=False)

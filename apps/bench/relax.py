@@ -3,8 +3,8 @@
 Hopfield nets (:class:`eqagent.energy.EnergyNet`), free phase, input clamped, fixed-point form, T = 20, no
 convergence checks: (a) world-model size — 8-64-64-7, batch 5,120 (what a 5-member ensemble of batch 1,024 computes);
 (b) MNIST — 784-500-10, batch 256; and, on CUDA, (c) MNIST batch 4,096 and (d) a wide 784-2048-2048-10 net, batch
-1,024. Backends: torch eager (the engine's :func:`eqagent.relax.settle`), ``torch.compile`` of the engine's own
-step (:meth:`~eqagent.energy.LayeredEnergy.relax_step` in a loop), and Triton when CUDA is present (the engine's
+1,024. Backends: torch eager (the engine's :func:`eqagent.relax.settle`), ``torch.compile`` of the same
+``settle`` call, and Triton when CUDA is present (the engine's
 dispatch: the fused per-layer step).
 FLOPs count the matmuls only: the clamped input's drive once, then every free-free coupling at every step.
 The roofline is the device's plain ``matmul`` throughput measured in the same run; ``cpu_ratio_to_matmul`` is the
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 
-from eqagent.energy import Dynamics, EnergyNet
+from eqagent.energy import EnergyNet
 from eqagent.relax import settle
 
 __all__ = ["RelaxBenchConfig", "relax_flops", "run_relax_bench"]
@@ -84,17 +84,8 @@ def _matmul_gflops(device: torch.device, sync, repeats: int) -> float:
 
 
 def _compiled_relax(net: EnergyNet, steps: int):
-    """``torch.compile`` of the engine's own free relaxation: ``steps`` calls of ``net.relax_step``."""
-    dyn = Dynamics(free=tuple(range(1, net.num_layers)))
-
-    def run(init: list[torch.Tensor]) -> list[torch.Tensor]:
-        ctx = net.relax_context(init, {0})
-        s = list(init)
-        for _ in range(steps):
-            s = net.relax_step(s, dyn, ctx)
-        return s
-
-    return torch.compile(run)
+    """``torch.compile`` of the engine's one relaxation path, :func:`eqagent.relax.settle` (free phase)."""
+    return torch.compile(lambda init: settle(net, init, steps=steps).states)
 
 
 def _products_seconds(case: dict, steps: int, device: torch.device, sync, repeats: int) -> float:
