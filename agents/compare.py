@@ -5,7 +5,8 @@ Every algorithm trains on the same seeds and step budget (SB3 with the rl-baseli
 ``EvalCallback`` (:class:`~eqagent.agents.evaluation.EvalHistoryCallback`): before training, then every
 ``eval_freq`` env steps, ``n_eval_episodes`` deterministic episodes on a separate Monitor-wrapped env. Steps to
 the threshold count only evaluations after the algorithm's first learning update; the pre-learning score is
-reported apart. Runs go to worker processes (one torch thread each).
+reported apart. Runs go to worker processes (one torch thread each), or with ``backend="ray"`` to Ray tasks
+on this machine or a cluster (same outputs).
 
 Outputs in ``out``: ``evaluations_{env}.csv`` (every evaluation), ``summary_{env}.md`` (one table row per algorithm),
 ``curves_{env}.png`` (mean and min–max band over seeds vs env steps, threshold line) and ``summary_{env}.json``;
@@ -30,7 +31,7 @@ import gymnasium as gym
 import numpy as np
 from eqagent.agents.envs import check_env_id
 from eqagent.agents.ep_agent import EPAgent
-from eqagent.agents.evaluation import EvalHistoryCallback, plot_curves
+from eqagent.agents.evaluation import EvalHistoryCallback, format_steps, median_steps, plot_curves
 from eqagent.agents.evaluation import summarize as summarize_evals
 from eqagent.agents.run import make_eval_env, reward_threshold
 from eqagent.agents.zoo import ZOO, zoo_hyperparams
@@ -56,8 +57,12 @@ class CompareConfig:
         n_eval_episodes: Deterministic episodes per evaluation (also ``--eval-episodes``).
         tensorboard_log: Root of the TensorBoard runs (empty: none; also ``--logdir``).
         out: Directory of the CSV, markdown, PNG and JSON outputs.
-        workers: Parallel processes (0: one per CPU core).
-        progress_bar: A progress bar per run.
+        workers: Parallel processes (0: one per CPU core); with ``backend="ray"`` embedded, Ray's CPUs.
+        progress_bar: A progress bar per run (``process`` backend only).
+        backend: ``process`` (a local process pool, the default) or ``ray`` (one Ray task per run, one CPU each;
+            needs ``pip install 'eqagent[ray]'``).
+        address: With ``backend="ray"``: empty for embedded Ray on this machine, ``auto`` or ``HOST:PORT`` to
+            join a running cluster (:mod:`eqagent.agents.cluster`).
     """
 
     env: str = "CartPole-v1"
@@ -71,12 +76,18 @@ class CompareConfig:
     out: str = "compare"
     workers: int = 0
     progress_bar: bool = True
+    backend: str = "process"
+    address: str = ""
 
     def __post_init__(self) -> None:
         if self.seeds < 1 or self.total_timesteps < 1 or self.eval_freq < 1 or self.n_eval_episodes < 1:
             raise ValueError("seeds, total_timesteps, eval_freq and n_eval_episodes must be >= 1")
         if self.workers < 0:
             raise ValueError(f"workers must be >= 0, got {self.workers}")
+        if self.backend not in ("process", "ray"):
+            raise ValueError(f"backend must be 'process' or 'ray', got {self.backend!r}")
+        if self.address and self.backend != "ray":
+            raise ValueError("address joins a Ray cluster: it needs backend='ray'")
 
     def algo_list(self) -> list[str]:
         if self.algos.strip():
@@ -193,20 +204,6 @@ class _PositionedBar(BaseCallback):
 
 # ---------------------------------------------------------------------------------------------------------------
 # Aggregation and outputs
-def _median_steps(values: list) -> float:
-    """Median of steps where ``None`` (not reached) counts as above the budget (``inf``)."""
-    return float(np.median([math.inf if v is None else v for v in values]))
-
-
-def _med(values: list, budget: int) -> str:
-    """``median (min–max)`` of steps, unreached seeds shown as ``> budget``."""
-    if not values:
-        return "—"
-    keyed = [math.inf if v is None else v for v in values]
-    fmt = lambda v: f"> {budget:,}" if math.isinf(v) else f"{int(v):,}"  # noqa: E731
-    return f"{fmt(_median_steps(values))} ({fmt(min(keyed))}–{fmt(max(keyed))})"
-
-
 def summarize(runs: list[dict], threshold: float | None) -> dict[str, dict]:
     """Per-algorithm summary over seeds (JSON-ready)."""
     out: dict[str, dict] = {}
@@ -219,7 +216,7 @@ def summarize(runs: list[dict], threshold: float | None) -> dict[str, dict]:
         pre = [r["pre_learning_mean"] for r in rs if r.get("pre_learning_mean") is not None]
 
         def median_or_none(v: list) -> float | None:
-            m = _median_steps(v)
+            m = median_steps(v)
             return None if math.isinf(m) else m
 
         out[algo] = {
@@ -236,8 +233,10 @@ def summarize(runs: list[dict], threshold: float | None) -> dict[str, dict]:
             "wall_seconds_median": float(np.median([r["wall_seconds"] for r in rs])),
             "env_steps_per_second_median": float(np.median([r["env_steps_per_second"] for r in rs])),
             "table": {
-                "steps_to_threshold": _med(reached, budget) if threshold is not None else "— (no threshold)",
-                "steps_to_threshold_held": _med(held, budget)
+                "steps_to_threshold": format_steps(reached, budget)
+                if threshold is not None
+                else "— (no threshold)",
+                "steps_to_threshold_held": format_steps(held, budget)
                 if threshold is not None
                 else "— (no threshold)",
             },
@@ -277,6 +276,19 @@ def _plot(env_id: str, runs: list[dict], threshold: float | None, path: Path) ->
     plot_curves(curves, threshold, path, env_id)
 
 
+def _run_on_ray(cfg: CompareConfig, jobs: list[tuple[str, int]]) -> list[dict]:
+    """The runs as Ray tasks (one CPU each), in job order; paths made absolute for workers elsewhere."""
+    from eqagent.agents.cluster import init_ray
+
+    ray = init_ray(cfg.address, cfg.workers)
+    args = asdict(cfg)
+    args.update(progress_bar=False, tensorboard_log=str(Path(cfg.tensorboard_log).resolve()) if cfg.tensorboard_log else "",
+                backend="process", address="")  # fmt: skip
+    task = ray.remote(num_cpus=1)(run_one)
+    refs = [task.remote(a, cfg.env, s, cfg.budget(a), args) for a, s in jobs]
+    return list(ray.get(refs))
+
+
 def run_compare(cfg: CompareConfig) -> dict:
     """Runs every (algorithm, seed) of ``cfg`` and writes the outputs; returns the per-algorithm summary."""
     check_env_id(cfg.env)  # unknown ids fail here, before any worker starts
@@ -287,17 +299,20 @@ def run_compare(cfg: CompareConfig) -> dict:
     if "sac" in algos and kind != "Box":
         raise ValueError(f"sac needs a Box action space; {cfg.env} has {kind}")
     jobs = [(a, s) for a in algos for s in range(cfg.seeds)]
-    workers = min(len(jobs), cfg.workers or os.cpu_count() or 1)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     args = asdict(cfg)
     t0 = time.perf_counter()
-    with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        futures = [
-            pool.submit(run_one, a, cfg.env, s, cfg.budget(a), args, i % workers)
-            for i, (a, s) in enumerate(jobs)
-        ]
-        runs = [f.result() for f in futures]
+    if cfg.backend == "ray":
+        runs = _run_on_ray(cfg, jobs)
+    else:
+        workers = min(len(jobs), cfg.workers or os.cpu_count() or 1)
+        with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
+            futures = [
+                pool.submit(run_one, a, cfg.env, s, cfg.budget(a), args, i % workers)
+                for i, (a, s) in enumerate(jobs)
+            ]
+            runs = [f.result() for f in futures]
     threshold = reward_threshold(cfg.env)
     with open(out / f"evaluations_{_slug(cfg.env)}.csv", "w", newline="") as f:
         w = csv.writer(f)

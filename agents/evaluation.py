@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 
-__all__ = ["EvalHistoryCallback", "ProgressBar", "plot_curves", "summarize"]
+__all__ = ["EvalHistoryCallback", "ProgressBar", "format_steps", "median_steps", "plot_curves", "summarize"]
 
 
 class ProgressBar(BaseCallback):
@@ -173,6 +173,20 @@ def summarize(history: list[dict[str, Any]], threshold: float | None) -> dict[st
         "final_mean": final["mean"],
         "final_std": final["std"],
     }
+
+
+def median_steps(values: list) -> float:
+    """Median of per-seed steps where ``None`` (not reached) counts as beyond the budget (``inf``)."""
+    return float(np.median([math.inf if v is None else v for v in values]))
+
+
+def format_steps(values: list, budget: int) -> str:
+    """``median (min–max)`` of per-seed steps, unreached seeds shown as ``> budget``."""
+    if not values:
+        return "—"
+    keyed = [math.inf if v is None else v for v in values]
+    fmt = lambda v: f"> {budget:,}" if math.isinf(v) else f"{int(v):,}"  # noqa: E731
+    return f"{fmt(median_steps(values))} ({fmt(min(keyed))}–{fmt(max(keyed))})"
 
 
 def plot_curves(

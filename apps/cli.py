@@ -4,6 +4,7 @@ Subcommands (each also runnable as ``python scripts/<name>.py``):
 
 * ``run`` — train and evaluate the EP agent on a Gym id (the main job: CartPole-v1 by default);
 * ``compare`` — the EP agent side by side with Stable-Baselines3 (CSV, markdown, PNG, TensorBoard);
+* ``sweep`` — a hyperparameter search over agent config fields on Ray Tune (tables, curves, best config);
 * ``gradcheck`` — EP estimate vs the exact gradient (implicit differentiation);
 * ``mnist`` — the MNIST warm-up classifier trained by EP, side by side with backprop;
 * ``dream`` — train the dreaming classifier on MNIST, dream a 10×k grid, score it with a backprop judge;
@@ -49,6 +50,12 @@ def _compare():
     from eqagent.agents.compare import CompareConfig, run_compare
 
     return CompareConfig, run_compare
+
+
+def _sweep():
+    from eqagent.agents.sweep import SweepConfig, run_sweep
+
+    return SweepConfig, run_sweep
 
 
 def _gradcheck():
@@ -108,6 +115,7 @@ def _bench_worldmodel():
 COMMANDS: dict[str, Command] = {
     "run": Command("train and evaluate the EP agent on a Gym id (default CartPole-v1)", _run),
     "compare": Command("the EP agent side by side with SB3 (zoo hyperparameters)", _compare),
+    "sweep": Command("hyperparameter sweep of the EP agent on Ray Tune (seeds as a dimension)", _sweep),
     "gradcheck": Command("EP gradient vs autograd (implicit differentiation)", _gradcheck),
     "mnist": Command("MNIST warm-up: 784-500-10 energy net trained by EP (+ backprop)", _mnist),
     "dream": Command("dream digits: clamp a label, free the image, relax (EP trained both ways)", _dream),
@@ -192,7 +200,9 @@ def _parse(argv: list[str]) -> tuple[argparse.Namespace, Command]:
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean "the input was wrong" (as opposed to a bug): one line, exit 2."""
-    errors: list[type[BaseException]] = [UsageError, ValueError, FileNotFoundError]
+    from eqagent.agents.cluster import MissingExtra
+
+    errors: list[type[BaseException]] = [UsageError, ValueError, FileNotFoundError, MissingExtra]
     try:
         import gymnasium
 
