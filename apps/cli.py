@@ -88,6 +88,12 @@ def _bench_relax():
     return RelaxBenchConfig, run_relax_bench
 
 
+def _bench_imagine():
+    from eqagent.apps.bench.imagine import ImagineBenchConfig, run_imagine_bench
+
+    return ImagineBenchConfig, run_imagine_bench
+
+
 def _bench_plasticity():
     from eqagent.apps.bench.plasticity import PlasticityBenchConfig, run_plasticity_bench
 
@@ -124,6 +130,9 @@ COMMANDS: dict[str, Command] = {
 BENCHMARKS: dict[str, Command] = {
     "optim": Command("EP optimizer vs Adam on MNIST", _bench_optim),
     "relax": Command("relaxation speed vs matmul roofline", _bench_relax),
+    "imagine": Command(
+        "the planner's imagined rollout: eager, torch.compile, CUDA graphs, Triton", _bench_imagine
+    ),
     "plasticity": Command("Hebbian plastic vs plain RNN on pattern completion", _bench_plasticity),
     "replay": Command(
         "class-incremental split-MNIST through the env, with and without dream replay", _bench_replay

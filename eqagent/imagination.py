@@ -10,7 +10,9 @@ parameter update (exact algebra, float rounding aside):
   state update is one add.
 
 The rollout runs in normalised-observation space and equals stepping the free phase with
-:meth:`~eqagent.world_model.EPWorldModel.predict_members` (tested to 1e-5).
+:meth:`~eqagent.world_model.EPWorldModel.predict_members` (tested to 1e-5). With two hidden layers the step loop
+can run as one fused Triton launch (:mod:`eqagent.kernels.triton_imagine`, ``WorldModelConfig.imagine_backend``);
+the precomputed action part, the fold and everything after the loop stay here.
 """
 
 from __future__ import annotations
@@ -64,6 +66,24 @@ class Imagination:
         rest.append((w_out.contiguous(), b_out))
         return w1a, gain * w1[:, :d].contiguous(), rest, out_scale, out_shift, squash
 
+    def backend(self, device: torch.device) -> str:
+        """``"triton"`` or ``"torch"`` for this world model's config, net and ``device``."""
+        from eqagent.kernels import triton_imagine
+
+        choice = self.wm.config.imagine_backend
+        squash = "relu" if self.wm.config.activation == "relu" else "sigmoid"
+        fits = triton_imagine.supports(len(self.wm.energy.weights), squash)
+        if choice == "torch" or (choice == "auto" and (device.type != "cuda" or not fits)):
+            return "torch"
+        if fits and triton_imagine.available(device):
+            return "triton"
+        if choice == "triton":
+            raise RuntimeError(
+                "imagine_backend='triton' needs Triton on CUDA (or TRITON_INTERPRET=1) and a world model with two "
+                f"hidden layers, got hidden={self.wm.config.hidden} on {device}"
+            )
+        return "torch"
+
     def rollout(self, obs: torch.Tensor, enc: torch.Tensor) -> dict[str, torch.Tensor]:
         """Imagines from observations ``(N, d)`` along encoded action sequences ``(N, H, A)``; returns
         :meth:`~eqagent.world_model.EPWorldModel.imagine`'s dict."""
@@ -77,20 +97,14 @@ class Imagination:
         )  # (M, H, N, K1): the first layer's action part and bias, every step
         o_mean, o_std = wm.obs_norm.mean.float(), wm.obs_norm.std.float()
         z = ((obs - o_mean) / o_std).unsqueeze(0).expand(m, n, d).contiguous()  # (M, N, d) normalised state
-        zs = torch.empty(m, n, h + 1, d, device=obs.device)
-        outs = torch.empty(
-            h, m, n, wm.out_dim, device=obs.device
-        )  # folded: [Δz, normalised reward, term logit]
-        zs[:, :, 0] = z
-        last = len(rest) + 1
+        if self.backend(obs.device) == "triton":
+            from eqagent.kernels.triton_imagine import fused_rollout
 
-        def activate(l: int, pre: torch.Tensor) -> torch.Tensor:
-            return pre if l == last else squash(pre)
-
-        for t in range(h):  # one imagined step = the energy's free phase with the folded weights
-            outs[t] = propagate(z.clamp(-10, 10), [(w1, act_pre[:, t]), *rest], activate)  # (M, N, d + 2)
-            z = z + outs[t, ..., :d]
-            zs[:, :, t + 1] = z
+            (w2, b2), (w3, b3) = rest
+            zs, outs = fused_rollout(z, act_pre, w1, w2, b2, w3, b3,
+                                     "relu" if wm.config.activation == "relu" else "sigmoid")  # fmt: skip
+        else:
+            zs, outs = self._loop(z, act_pre, w1, rest, squash)
         raw_dz = (outs[..., :d] - out_shift) / out_scale  # (H, M, N, d): the energy's normalised Δobs output
         spread = ((raw_dz - raw_dz.mean(1, keepdim=True)) ** 2).mean((1, 3))  # (H, N): variance over members
         outs = outs.permute(1, 2, 0, 3)  # (M, N, H, d + 2)
@@ -101,3 +115,23 @@ class Imagination:
             "disagreement": spread.T,
             "first_out": torch.cat([raw_dz[0], outs[:, :, 0, d:]], -1),
         }
+
+    @staticmethod
+    def _loop(z: torch.Tensor, act_pre: torch.Tensor, w1: torch.Tensor, rest: list, squash) -> tuple:
+        """The torch step loop: ``zs`` ``(M, N, H + 1, d)`` and ``outs`` ``(H, M, N, O)`` (folded: [Δz, normalised
+        reward, term logit])."""
+        m, n, d = z.shape
+        h = act_pre.shape[1]
+        zs = torch.empty(m, n, h + 1, d, device=z.device, dtype=z.dtype)
+        outs = torch.empty(h, m, n, rest[-1][0].shape[-1], device=z.device, dtype=z.dtype)
+        zs[:, :, 0] = z
+        last = len(rest) + 1
+
+        def activate(l: int, pre: torch.Tensor) -> torch.Tensor:
+            return pre if l == last else squash(pre)
+
+        for t in range(h):  # one imagined step = the energy's free phase with the folded weights
+            outs[t] = propagate(z.clamp(-10, 10), [(w1, act_pre[:, t]), *rest], activate)  # (M, N, d + 2)
+            z = z + outs[t, ..., :d]
+            zs[:, :, t + 1] = z
+        return zs, outs

@@ -62,6 +62,9 @@ class WorldModelConfig:
             surprise stays high; the new physics' replay must not be forgotten again).
         term_weight: Weight of the termination cross-entropy.
         seed: Random seed (initialisation and replay sampling).
+        imagine_backend: How imagined rollouts run: ``auto`` (the fused Triton rollout of
+            :mod:`eqagent.kernels.triton_imagine` on CUDA when Triton is installed and the net has two hidden
+            layers, torch otherwise), ``torch``, or ``triton`` (forced; on CPU it needs ``TRITON_INTERPRET=1``).
     """
 
     hidden: tuple[int, ...] = (64, 64)
@@ -82,6 +85,7 @@ class WorldModelConfig:
     shift_cooldown: int = 1000
     term_weight: float = 1.0
     seed: int = 0
+    imagine_backend: str = "auto"
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
@@ -97,6 +101,8 @@ class WorldModelConfig:
                 f"lr and beta must be > 0, settle_steps and replay_size >= 1, got {self.lr}, {self.beta}, "
                 f"{self.settle_steps}, {self.replay_size}"
             )
+        if self.imagine_backend not in ("auto", "torch", "triton"):
+            raise ValueError(f"imagine_backend must be auto, torch or triton, got {self.imagine_backend!r}")
         if self.activation not in ("tanh", "relu", "sigmoid"):
             raise ValueError(f"activation must be tanh, relu or sigmoid, got {self.activation!r}")
         if self.term_weight < 0 or self.shift_z <= 0:

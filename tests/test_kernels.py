@@ -162,3 +162,111 @@ def test_relax_bench_reports_every_figure_on_cpu():
         assert res["torch_eager_seconds"] > 0 and res["products_only_seconds"] > 0
         assert res["ratio_to_matmul"] > 0 and res["triton"].startswith("not measured")
     assert out["cpu_ratio_to_matmul"] == max(out[n]["ratio_to_matmul"] for n in ("world_model", "mnist"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# The fused imagined rollout (eqagent.kernels.triton_imagine)
+def _rollout_inputs(m, n, h, d, k1, k2, gen, gain=1.0):
+    """Random rollout inputs with weights scaled like a trained world model's (small Δz per step)."""
+    t = lambda *shape, s=1.0: s * torch.randn(*shape, generator=gen)  # noqa: E731
+    o = d + 2
+    return (t(m, n, d), t(m, h, n, k1), t(m, d, k1, s=0.5 * gain), t(m, k1, k2, s=gain * k1**-0.5), t(m, 1, k2),
+            t(m, k2, o, s=0.1 * gain * k2**-0.5), t(m, 1, o, s=0.05))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "m,n,h,d,k1,k2,act",
+    [(5, 128, 20, 4, 64, 64, "sigmoid"), (3, 37, 5, 3, 32, 48, "relu"), (1, 1, 1, 17, 16, 20, "sigmoid"),
+     (2, 50, 15, 11, 64, 64, "relu")],
+)  # fmt: skip
+def test_fused_rollout_matches_the_torch_loop_within_the_float32_bound(m, n, h, d, k1, k2, act, gen):
+    from eqagent.imagination import Imagination
+    from eqagent.kernels import triton_imagine
+
+    # ReLU units pass errors on at slope 1 (σ at ¼): smaller weights keep the worst-case bound informative
+    z0, a, w1, w2, b2, w3, b3 = _rollout_inputs(m, n, h, d, k1, k2, gen, gain=0.25 if act == "relu" else 1.0)
+    squash = torch.relu if act == "relu" else torch.sigmoid
+    want_zs, want_out = Imagination._loop(z0, a, w1, [(w2, b2), (w3, b3)], squash)
+    zs, outs = triton_imagine.fused_rollout(z0, a, w1, w2, b2, w3, b3, act)
+    assert zs.shape == (m, n, h + 1, d) and outs.shape == (h, m, n, d + 2)
+    e_zs, e_out = triton_imagine.rollout_error_bound(z0, a, w1, w2, b2, w3, b3, act)
+    # two float32 evaluations are each within the bound of exact arithmetic; 1e-30 covers an exact-zero bound
+    assert float(e_zs.max()) < 1e-2 * (1 + float(want_zs.abs().max()))  # the bound is not vacuous
+    assert ((zs - want_zs).abs().double() <= 2 * e_zs + 1e-30).all()
+    assert ((outs - want_out).abs().double() <= 2 * e_out + 1e-30).all()
+    assert torch.equal(zs[:, :, 0], z0)
+
+
+def test_fused_rollout_rejects_inconsistent_shapes(gen):
+    from eqagent.kernels import triton_imagine
+
+    z0, a, w1, w2, b2, w3, b3 = _rollout_inputs(2, 8, 3, 4, 16, 16, gen)
+    with pytest.raises(ValueError, match="inconsistent shapes"):
+        triton_imagine.fused_rollout(z0, a[..., :8], w1, w2, b2, w3, b3)
+    with pytest.raises(ValueError, match="sigmoid and relu"):
+        triton_imagine.fused_rollout(z0, a, w1, w2, b2, w3, b3, "tanh")
+
+
+@pytest.mark.parametrize("activation", ["tanh", "relu"])
+def test_world_model_imagines_through_the_kernel_when_asked(activation, monkeypatch):
+    """``imagine_backend="triton"``: the planner's rollout runs in the kernel, and the imagined observations equal
+    the torch path's within the bound of the kernel's own inputs (scaled back to observation units)."""
+    import gymnasium as gym
+
+    from eqagent.kernels import triton_imagine
+    from eqagent.world_model import EPWorldModel, WorldModelConfig
+
+    env = gym.make("CartPole-v1")
+    models = {b: EPWorldModel(env.observation_space, env.action_space,
+                              WorldModelConfig(activation=activation, imagine_backend=b)) for b in ("torch", "triton")}  # fmt: skip
+    models["triton"].load_state_dict(models["torch"].state_dict())
+    obs = torch.randn(6, 4)
+    seqs = torch.randint(0, 2, (6, 12))
+    captured = []
+    real = triton_imagine.fused_rollout
+    monkeypatch.setattr(triton_imagine, "fused_rollout", lambda *a: captured.append(a) or real(*a))
+    got = models["triton"].imagine(obs, seqs)
+    want = models["torch"].imagine(obs, seqs)
+    assert len(captured) == 1
+    e_zs, _ = triton_imagine.rollout_error_bound(*captured[0])
+    std = models["torch"].obs_norm.std.double()
+    bound = 2 * e_zs * std + 2 * 2.0**-24 * want["obs"].abs().double() + 1e-30  # + the rescale's own rounding
+    assert ((got["obs"] - want["obs"]).abs().double() <= bound).all()
+    assert models["torch"]._imagination.backend(obs.device) == "torch"
+
+
+def test_auto_imagine_backend_is_torch_on_cpu_and_for_other_depths():
+    import gymnasium as gym
+
+    from eqagent.world_model import EPWorldModel, WorldModelConfig
+
+    env = gym.make("CartPole-v1")
+    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig())
+    wm.imagine(torch.zeros(1, 4), torch.zeros(1, 3, dtype=torch.long))
+    assert wm._imagination.backend(torch.device("cpu")) == "torch"
+    deep = EPWorldModel(
+        env.observation_space,
+        env.action_space,
+        WorldModelConfig(hidden=(32, 32, 32), imagine_backend="triton"),
+    )
+    with pytest.raises(RuntimeError, match="two hidden layers"):
+        deep.imagine(torch.zeros(1, 4), torch.zeros(1, 3, dtype=torch.long))
+
+
+def test_imagine_bench_reports_eager_and_nulls_what_cpu_cannot_measure():
+    from eqagent.apps.bench.imagine import ImagineBenchConfig, run_imagine_bench
+
+    out = run_imagine_bench(
+        ImagineBenchConfig(candidates="16,32", horizon=3, repeats=1, compile=False, device="cpu")
+    )
+    assert out["device"] == "cpu" and set(out["cases"]) == {"16", "32"}
+    for case in out["cases"].values():
+        assert case["eager_seconds"] > 0 and case["dispatch"] == "torch"
+        assert (
+            case["triton_seconds"] is None
+            and case["cuda_graph_seconds"] is None
+            and case["triton_speedup"] is None
+        )
+    assert any("CUDA only" in n for n in out["notes"])
+    with pytest.raises(ValueError, match="candidates"):
+        ImagineBenchConfig(candidates="16,x")
