@@ -32,6 +32,7 @@ class Imagination:
         self.wm = world_model
         self._key: tuple | None = None
         self._fold: tuple | None = None
+        self.last_backend: str | None = None  # what the last rollout ran on ("torch" or "triton")
 
     def _current(self) -> tuple:
         wm = self.wm
@@ -67,7 +68,8 @@ class Imagination:
         return w1a, gain * w1[:, :d].contiguous(), rest, out_scale, out_shift, squash
 
     def backend(self, device: torch.device) -> str:
-        """``"triton"`` or ``"torch"`` for this world model's config, net and ``device``."""
+        """``"torch"``, ``"triton"``, or ``"autotune"`` (both can run: the faster at each shape, timed once and
+        cached by :data:`eqagent.kernels.autotune.AUTOTUNER`) for this world model's config, net and ``device``."""
         from eqagent.kernels import triton_imagine
 
         choice = self.wm.config.imagine_backend
@@ -76,7 +78,7 @@ class Imagination:
         if choice == "torch" or (choice == "auto" and (device.type != "cuda" or not fits)):
             return "torch"
         if fits and triton_imagine.available(device):
-            return "triton"
+            return "triton" if choice == "triton" else "autotune"
         if choice == "triton":
             raise RuntimeError(
                 "imagine_backend='triton' needs Triton on CUDA (or TRITON_INTERPRET=1) and a world model with two "
@@ -97,14 +99,31 @@ class Imagination:
         )  # (M, H, N, K1): the first layer's action part and bias, every step
         o_mean, o_std = wm.obs_norm.mean.float(), wm.obs_norm.std.float()
         z = ((obs - o_mean) / o_std).unsqueeze(0).expand(m, n, d).contiguous()  # (M, N, d) normalised state
-        if self.backend(obs.device) == "triton":
-            from eqagent.kernels.triton_imagine import fused_rollout
+        backend = self.backend(obs.device)
+        if backend == "torch":
+            zs, outs = self._loop(z, act_pre, w1, rest, squash)
+        else:
+            from eqagent.kernels import triton_imagine
 
             (w2, b2), (w3, b3) = rest
-            zs, outs = fused_rollout(z, act_pre, w1, w2, b2, w3, b3,
-                                     "relu" if wm.config.activation == "relu" else "sigmoid")  # fmt: skip
-        else:
-            zs, outs = self._loop(z, act_pre, w1, rest, squash)
+            unit = "relu" if wm.config.activation == "relu" else "sigmoid"
+            fused = lambda: triton_imagine.fused_rollout(z, act_pre, w1, w2, b2, w3, b3, unit)  # noqa: E731
+            if backend == "autotune":
+                from eqagent.kernels.autotune import AUTOTUNER
+
+                key = (
+                    "imagine",
+                    tuple(act_pre.shape),
+                    d,
+                    tuple(w2.shape[1:]),
+                    wm.out_dim,
+                    unit,
+                    str(obs.device),
+                )
+                loop = lambda: self._loop(z, act_pre, w1, rest, squash)  # noqa: E731
+                backend = AUTOTUNER.choose(key, {"torch": loop, "triton": fused})
+            zs, outs = fused() if backend == "triton" else self._loop(z, act_pre, w1, rest, squash)
+        self.last_backend = backend
         raw_dz = (outs[..., :d] - out_shift) / out_scale  # (H, M, N, d): the energy's normalised Δobs output
         spread = ((raw_dz - raw_dz.mean(1, keepdim=True)) ** 2).mean((1, 3))  # (H, N): variance over members
         outs = outs.permute(1, 2, 0, 3)  # (M, N, H, d + 2)

@@ -270,3 +270,68 @@ def test_imagine_bench_reports_eager_and_nulls_what_cpu_cannot_measure():
     assert any("CUDA only" in n for n in out["notes"])
     with pytest.raises(ValueError, match="candidates"):
         ImagineBenchConfig(candidates="16,x")
+
+
+def test_autotuner_keeps_the_fastest_per_key_and_evicts_the_oldest():
+    from eqagent.kernels.autotune import ShapeAutotuner
+
+    now = [0.0]
+    calls = {"slow": 0, "fast": 0}
+
+    def work(name, seconds):
+        def fn():
+            calls[name] += 1
+            now[0] += seconds
+
+        return fn
+
+    tuner = ShapeAutotuner(repeats=3, max_entries=2, clock=lambda: now[0])
+    cands = {"slow": work("slow", 3.0), "fast": work("fast", 1.0)}
+    assert tuner.choose("a", cands) == "fast"
+    assert calls == {"slow": 4, "fast": 4}  # one warm-up and three timed calls each
+    assert tuner.timings["a"] == {"slow": 3.0, "fast": 1.0}
+    assert tuner.choose("a", cands) == "fast" and calls == {"slow": 4, "fast": 4}  # cached: nothing re-timed
+    tuner.choose("b", cands)
+    tuner.choose("c", {"slow": work("slow", 0.5), "fast": work("fast", 1.0)})
+    assert list(tuner.cache) == ["b", "c"] and tuner.cache["c"] == "slow"
+    with pytest.raises(ValueError):
+        tuner.choose("d", {})
+
+
+def test_relax_autotune_times_both_steps_once_per_shape(monkeypatch):
+    from eqagent.kernels import autotune
+
+    tuner = autotune.ShapeAutotuner(repeats=1)
+    monkeypatch.setattr(autotune, "AUTOTUNER", tuner)
+    net = EnergyNet([6, 10, 4], generator=torch.Generator().manual_seed(1))
+    s = net.feedforward(torch.rand(5, 6))
+    choice = net._autotuned(s, {0})
+    assert choice in ("torch", "triton") and len(tuner.cache) == 1
+    (key,) = tuner.cache
+    assert key[:3] == ("relax", (6, 10, 4), (5,)) and set(tuner.timings[key]) == {"torch", "triton"}
+    assert net._autotuned(s, {0}) == choice and len(tuner.cache) == 1
+
+
+def test_imagine_autotune_runs_the_chosen_backend(monkeypatch):
+    import gymnasium as gym
+
+    from eqagent.imagination import Imagination
+    from eqagent.kernels import autotune
+    from eqagent.world_model import EPWorldModel, WorldModelConfig
+
+    tuner = autotune.ShapeAutotuner(repeats=1)
+    monkeypatch.setattr(autotune, "AUTOTUNER", tuner)
+    monkeypatch.setattr(Imagination, "backend", lambda self, device: "autotune")  # as on CUDA with Triton
+    env = gym.make("CartPole-v1")
+    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig())
+    ref = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(imagine_backend="torch"))
+    ref.load_state_dict(wm.state_dict())
+    g = torch.Generator().manual_seed(0)
+    obs, seqs = torch.randn(7, 4, generator=g), torch.randint(0, 2, (7, 5), generator=g)
+    got = wm.imagine(obs, seqs)
+    (key,) = tuner.cache
+    assert wm._imagination.last_backend == tuner.cache[key] and set(tuner.timings[key]) == {"torch", "triton"}
+    if tuner.cache[key] == "torch":  # the same loop: the same numbers (the kernel's accuracy is tested above)
+        assert torch.equal(got["obs"], ref.imagine(obs, seqs)["obs"])
+    else:
+        assert got["obs"].shape == (5, 7, 6, 4) and torch.isfinite(got["obs"]).all()

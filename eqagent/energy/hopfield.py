@@ -159,10 +159,11 @@ class EnergyNet(LayeredEnergy):
                 )
 
     relax_backend: str = "auto"
-    """``"auto"`` (Triton fused step for CUDA tensors when triton is importable, torch otherwise), ``"torch"``, or
-    ``"triton"`` (forced; on CPU it needs ``TRITON_INTERPRET=1``, as in the tests)."""
+    """``"auto"`` (for CUDA tensors with Triton installed: whichever of the Triton fused step and the torch step
+    is faster at this shape, timed once and cached by :data:`eqagent.kernels.autotune.AUTOTUNER`; torch
+    otherwise), ``"torch"``, or ``"triton"`` (forced; on CPU it needs ``TRITON_INTERPRET=1``, as in the tests)."""
 
-    def _backend(self, states: Sequence[torch.Tensor]) -> str:
+    def _backend(self, states: Sequence[torch.Tensor], clamped: set[int] | None = None) -> str:
         if self.relax_backend == "torch":
             return "torch"
         if self.relax_backend == "auto" and states[0].device.type != "cuda":
@@ -170,16 +171,40 @@ class EnergyNet(LayeredEnergy):
         from eqagent.kernels import triton_relax
 
         if triton_relax.available(states[0].device):
-            return "triton"
+            return "triton" if self.relax_backend == "triton" else self._autotuned(states, clamped or set())
         if self.relax_backend == "triton":
             raise RuntimeError(
                 "relax_backend='triton' but Triton cannot run here (no CUDA, no TRITON_INTERPRET=1)"
             )
         return "torch"
 
+    def _autotuned(self, states: Sequence[torch.Tensor], clamped: set[int]) -> str:
+        """The faster backend for one free fixed-point step at this shape (timed once per shape, then cached)."""
+        free = tuple(l for l in range(self.num_layers) if l not in clamped)
+        if any(self.activations[l].smooth for l in free):  # gradient dynamics: the kernel does not apply
+            return "torch"
+        from eqagent.kernels.autotune import AUTOTUNER
+
+        s0 = states[0]
+        key = (
+            "relax",
+            tuple(self.sizes),
+            tuple(s0.shape[:-1]),
+            s0.dtype,
+            str(s0.device),
+            tuple(sorted(clamped)),
+        )
+        dyn = Dynamics(free=free)
+
+        def step(backend: str):
+            ctx = {"clamped": clamped, "backend": backend}
+            return lambda: self.relax_step(states, dyn, ctx)
+
+        return AUTOTUNER.choose(key, {"torch": step("torch"), "triton": step("triton")})
+
     def relax_context(self, states: Sequence[torch.Tensor], clamped: set[int]) -> dict:
         """The clamped set and the backend; the constant drives are built on first use (see :meth:`_const`)."""
-        return {"clamped": clamped, "backend": self._backend(states)}
+        return {"clamped": clamped, "backend": self._backend(states, clamped)}
 
     def _const(self, states: Sequence[torch.Tensor], ctx: dict) -> dict[int, torch.Tensor]:
         """Drive from the bias and the clamped neighbours: constant while relaxing, built once per relaxation.
