@@ -1,4 +1,6 @@
-"""Triton kernels on CPU through the interpreter (TRITON_INTERPRET=1 is set in conftest before triton loads)."""
+"""Triton kernels against the torch path: on CPU through the interpreter (TRITON_INTERPRET=1, set in conftest
+before triton loads), and on CUDA with the same tests when run with TRITON_INTERPRET=0 on a GPU machine
+(scripts/device_bench.sh): ``DEV`` is where the kernel-vs-torch tests put their tensors."""
 
 import os
 
@@ -10,10 +12,13 @@ from eqagent.energy import Dynamics, EnergyNet
 from eqagent.kernels import triton_relax
 from eqagent.relax import settle
 
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+DEV = torch.device("cpu" if INTERPRETED or not torch.cuda.is_available() else "cuda")
 pytestmark = pytest.mark.skipif(
-    not triton_relax.HAS_TRITON or os.environ.get("TRITON_INTERPRET") != "1",
-    reason="needs triton (interpreter)",
+    not triton_relax.HAS_TRITON or (not INTERPRETED and DEV.type != "cuda"),
+    reason="needs triton (the interpreter, or CUDA)",
 )
+interpreter_only = pytest.mark.skipif(not INTERPRETED, reason="CPU tensors through the Triton interpreter")
 
 
 def _ref(const, a, w1, b, w2, low, high, s=None, y=None, beta=0.0):
@@ -55,7 +60,7 @@ def _bound(const, a, w1, b, w2, s=None, beta=0.0):
 
 @pytest.mark.parametrize("batch,n,k1,k2", [(1, 5, 7, 3), (37, 33, 20, 17), (16, 16, 16, 16), (3, 70, 1, 40)])
 def test_fused_layer_update_matches_torch(batch, n, k1, k2, gen):
-    t = lambda *shape: torch.randn(*shape, generator=gen)  # noqa: E731
+    t = lambda *shape: torch.randn(*shape, generator=gen).to(DEV)  # noqa: E731
     const, a, w1, b, w2 = t(batch, n), t(batch, k1), t(k1, n), t(batch, k2), t(n, k2)
     s, y = t(batch, n), t(batch, n)
     for args in ((a, w1, b, w2), (a, w1, None, None), (None, None, b, w2)):
@@ -103,9 +108,9 @@ def _fill_bounds(net, s, free, beta, y, last, out):
 def test_relaxation_steps_with_triton_equal_torch(sizes, monkeypatch):
     """Every step of a free, a nudged and an output-clamped relaxation: the Triton dispatch from the torch path's
     states equals the torch step within :func:`_step_bounds`."""
-    net = EnergyNet(list(sizes), generator=torch.Generator().manual_seed(1))
-    x = torch.rand(9, sizes[0], generator=torch.Generator().manual_seed(2))
-    y = torch.rand(9, sizes[-1], generator=torch.Generator().manual_seed(3))
+    net = EnergyNet(list(sizes), generator=torch.Generator().manual_seed(1)).to(DEV)
+    x = torch.rand(9, sizes[0], generator=torch.Generator().manual_seed(2)).to(DEV)
+    y = torch.rand(9, sizes[-1], generator=torch.Generator().manual_seed(3)).to(DEV)
     calls = []
     real = triton_relax.fused_layer_update
     monkeypatch.setattr(triton_relax, "fused_layer_update", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -128,9 +133,9 @@ def test_relaxation_steps_with_triton_equal_torch(sizes, monkeypatch):
 
 @pytest.mark.parametrize("sizes", [(6, 10, 8, 4), (13, 33, 5)])
 def test_settle_dispatches_to_triton_and_stays_in_the_box(sizes):
-    net = EnergyNet(list(sizes), generator=torch.Generator().manual_seed(1))
+    net = EnergyNet(list(sizes), generator=torch.Generator().manual_seed(1)).to(DEV)
     net.relax_backend = "triton"
-    out = settle(net, net.feedforward(torch.rand(9, sizes[0])), steps=12).states
+    out = settle(net, net.feedforward(torch.rand(9, sizes[0], device=DEV)), steps=12).states
     assert all(((s >= 0) & (s <= 1)).all() for s in out[1:])
 
 
@@ -168,7 +173,7 @@ def test_relax_bench_reports_every_figure_on_cpu():
 # The fused imagined rollout (eqagent.kernels.triton_imagine)
 def _rollout_inputs(m, n, h, d, k1, k2, gen, gain=1.0):
     """Random rollout inputs with weights scaled like a trained world model's (small Δz per step)."""
-    t = lambda *shape, s=1.0: s * torch.randn(*shape, generator=gen)  # noqa: E731
+    t = lambda *shape, s=1.0: (s * torch.randn(*shape, generator=gen)).to(DEV)  # noqa: E731
     o = d + 2
     return (t(m, n, d), t(m, h, n, k1), t(m, d, k1, s=0.5 * gain), t(m, k1, k2, s=gain * k1**-0.5), t(m, 1, k2),
             t(m, k2, o, s=0.1 * gain * k2**-0.5), t(m, 1, o, s=0.05))  # fmt: skip
@@ -218,10 +223,10 @@ def test_world_model_imagines_through_the_kernel_when_asked(activation, monkeypa
 
     env = gym.make("CartPole-v1")
     models = {b: EPWorldModel(env.observation_space, env.action_space,
-                              WorldModelConfig(activation=activation, imagine_backend=b)) for b in ("torch", "triton")}  # fmt: skip
+                              WorldModelConfig(activation=activation, imagine_backend=b), DEV) for b in ("torch", "triton")}  # fmt: skip
     models["triton"].load_state_dict(models["torch"].state_dict())
-    obs = torch.randn(6, 4)
-    seqs = torch.randint(0, 2, (6, 12))
+    obs = torch.randn(6, 4, device=DEV)
+    seqs = torch.randint(0, 2, (6, 12), device=DEV)
     captured = []
     real = triton_imagine.fused_rollout
     monkeypatch.setattr(triton_imagine, "fused_rollout", lambda *a: captured.append(a) or real(*a))
@@ -298,6 +303,7 @@ def test_autotuner_keeps_the_fastest_per_key_and_evicts_the_oldest():
         tuner.choose("d", {})
 
 
+@interpreter_only
 def test_relax_autotune_times_both_steps_once_per_shape(monkeypatch):
     from eqagent.kernels import autotune
 
@@ -312,6 +318,7 @@ def test_relax_autotune_times_both_steps_once_per_shape(monkeypatch):
     assert net._autotuned(s, {0}) == choice and len(tuner.cache) == 1
 
 
+@interpreter_only
 def test_imagine_autotune_runs_the_chosen_backend(monkeypatch):
     import gymnasium as gym
 
