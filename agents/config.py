@@ -20,7 +20,7 @@ from eqagent.validation import check_finite_fields
 from eqagent.value import ValueConfig
 from eqagent.world_model import WorldModelConfig
 
-__all__ = ["PRESETS", "EPAgentConfig", "agent_config", "read_config_file"]
+__all__ = ["EPAgentConfig", "agent_config", "agent_config_for_id", "derived_defaults", "read_config_file"]
 
 
 @dataclass
@@ -66,35 +66,69 @@ class EPAgentConfig:
         return config_from_dict(cls, data)
 
 
-PRESETS: dict[str, dict[str, Any]] = {
-    # one CEM iteration from the previous plan (shifted, it competes) and a search at least every 2nd step: as
-    # steady as 2 iterations at a third of the planning time (docs/benchmarks.md, issue 18)
-    "CartPole-v1": {
-        "planner": dict(
-            horizon=20, candidates=128, iterations=1, elites=16, termination_penalty=20.0, replan_every=2
-        )
-    },
-    "Pendulum-v1": {
-        "planner": dict(horizon=15, candidates=256, iterations=4, elites=32, termination_penalty=0.0),
-        "world_model": dict(updates_per_step=4),
-        "learning_starts": 50,
-    },
-    "Acrobot-v1": {
-        "planner": dict(horizon=20, candidates=128, termination_penalty=0.0, epistemic_weight=1.0)
-    },
-    "MountainCarContinuous-v0": {
-        "planner": dict(horizon=25, candidates=256, termination_penalty=0.0, epistemic_weight=5.0)
-    },
-}
+def derived_defaults(
+    observation_space: Any, action_space: Any, max_episode_steps: int | None = None
+) -> dict[str, Any]:
+    """What the agent's defaults take from the env itself — its action space and episode length — as overrides
+    of :class:`EPAgentConfig` (no table keyed by env id; a user's own env gets the same rules):
+
+    * the search: over a ``Discrete`` space one CEM iteration of 128 sequences that competes with the previous
+      plan shifted by a step, searching at least every 2nd step (the categorical distribution is refitted from
+      the plan it carries); over a ``Box`` space 4 iterations of 256 (a Gaussian needs refits to narrow), and 4
+      world-model updates per step (continuous control needs the finer model);
+    * the termination risk's weight derived from the rewards seen (``planner.termination_penalty = None``:
+      ``max(0, mean reward per step) · horizon``): ending an episode is bad where rewards are earned per step
+      alive (CartPole, InvertedPendulum), neutral where they are costs (Acrobot, MountainCar);
+    * the random warm-up ``learning_starts = min(100, max_episode_steps // 4)``: at most a quarter of an episode.
+
+    Observation and reward scales need no setting: the world model and the value normalise what they see.
+    """
+    from gymnasium import spaces
+
+    discrete = isinstance(action_space, spaces.Discrete)
+    planner: dict[str, Any] = {"horizon": 20, "termination_penalty": None}
+    out: dict[str, Any] = {"planner": planner}
+    if discrete:
+        planner.update(candidates=128, iterations=1, elites=16, replan_every=2)
+    else:
+        planner.update(candidates=256, iterations=4, elites=32)
+        out["world_model"] = {"updates_per_step": 4}
+    if max_episode_steps:
+        out["learning_starts"] = max(1, min(100, int(max_episode_steps) // 4))
+    return out
 
 
-def agent_config(env_id: str | None, config: EPAgentConfig | None = None, **overrides: Any) -> EPAgentConfig:
-    """The agent's config: ``config`` (or the defaults with the env's preset) with ``overrides`` applied."""
+def agent_config(
+    observation_space: Any,
+    action_space: Any,
+    max_episode_steps: int | None = None,
+    config: EPAgentConfig | dict | None = None,
+    **overrides: Any,
+) -> EPAgentConfig:
+    """The agent's config for an env with these spaces: ``config`` (else the defaults with
+    :func:`derived_defaults`) with ``overrides`` applied."""
     if config is None:
-        config = apply_overrides(EPAgentConfig(), PRESETS.get(env_id or "", {}))
+        config = apply_overrides(
+            EPAgentConfig(), derived_defaults(observation_space, action_space, max_episode_steps)
+        )
     elif not isinstance(config, EPAgentConfig):
         config = EPAgentConfig.from_dict(config)
     return apply_overrides(config, overrides) if overrides else config
+
+
+def agent_config_for_id(
+    env_id: str, config: EPAgentConfig | dict | None = None, **overrides: Any
+) -> EPAgentConfig:
+    """:func:`agent_config` for a registered Gymnasium id (its spaces and ``max_episode_steps`` read from one
+    instance)."""
+    import gymnasium as gym
+
+    env = gym.make(env_id)
+    try:
+        steps = env.spec.max_episode_steps if env.spec is not None else None
+        return agent_config(env.observation_space, env.action_space, steps, config, **overrides)
+    finally:
+        env.close()
 
 
 def read_config_file(path: str | Path) -> dict[str, Any]:

@@ -52,7 +52,7 @@ class EPAgent:
     Args:
         env: An env id, a ``gym.Env``, a Gymnasium vector env or an SB3 ``VecEnv``.
         config: An :class:`~eqagent.agents.config.EPAgentConfig` (or a dict of its fields); ``None``: the defaults
-            with the env's preset.
+            with what :func:`~eqagent.agents.config.derived_defaults` takes from the env's spaces and episode length.
         tensorboard_log: Root directory of TensorBoard runs (``None``: no logs), as in SB3.
         seed: Seed of the world model, value, planner, env resets and random warm-up actions.
         verbose: 0 silent, 1 SB3's stdout log.
@@ -85,7 +85,9 @@ class EPAgent:
             overrides["preference"] = preference
         elif preference is not None:
             overrides["preference"] = ""  # a callable is not config data
-        cfg = agent_config(self.env_id, config, **overrides)
+        spec = self.env.get_attr("spec", [0])[0]
+        steps = getattr(spec, "max_episode_steps", None)
+        cfg = agent_config(self.observation_space, self.action_space, steps, config, **overrides)
         self.preference = resolve_preference(
             preference if callable(preference) else (cfg.preference or None), self.env_id, trust_remote_code
         )

@@ -298,14 +298,14 @@ def _validate(cfg: SweepConfig, dims: list[SearchDimension]) -> dict[str, Any]:
     """Checks the env, every fixed value and every end of every range against the agent config before Ray
     starts; returns the default value of each searched field (the config a plain ``EPAgent(env)`` gets, with
     ``set`` applied)."""
-    from eqagent.agents.config import agent_config
+    from eqagent.agents.config import agent_config_for_id
     from eqagent.agents.envs import check_env_id
     from eqagent.agents.run import reward_threshold
 
     check_env_id(cfg.env)
     if cfg.metric == "steps" and reward_threshold(cfg.env) is None:
         raise ValueError(f"{cfg.env} has no reward threshold: use metric auc")
-    base = agent_config(cfg.env, **cfg.fixed())
+    base = agent_config_for_id(cfg.env, **cfg.fixed())
     for d in dims:
         for v in d.values:  # every choice, or both bounds
             apply_overrides(base, {d.field: v})
@@ -459,7 +459,7 @@ def _cell(value: Any) -> str:
 
 def _write_outputs(exp: Path, trials: list[dict], configs: list[dict], dims: list[SearchDimension],
                    cfg: SweepConfig, settings: dict) -> dict[str, str | None]:  # fmt: skip
-    from eqagent.agents.config import agent_config
+    from eqagent.agents.config import agent_config_for_id
     from eqagent.agents.evaluation import plot_curves
 
     names = [d.field for d in dims]
@@ -518,7 +518,7 @@ def _write_outputs(exp: Path, trials: list[dict], configs: list[dict], dims: lis
     best_file = None
     best = next((c for c in configs if c["complete"]), None)
     if best is not None:
-        best_cfg = agent_config(cfg.env, **{**settings["fixed"], **best["config"]})
+        best_cfg = agent_config_for_id(cfg.env, **{**settings["fixed"], **best["config"]})
         best_file = exp / "best_config.json"
         best_file.write_text(json.dumps(config_to_dict(best_cfg), indent=1))
     return {"summary_md": str(exp / "sweep_summary.md"), "trials_csv": str(exp / "sweep_trials.csv"),

@@ -4,6 +4,7 @@ Subcommands (each also runnable as ``python scripts/<name>.py``):
 
 * ``run`` — train and evaluate the EP agent on a Gym id (the main job: CartPole-v1 by default);
 * ``compare`` — the EP agent side by side with Stable-Baselines3 (CSV, markdown, PNG, TensorBoard);
+* ``suite`` — the default EP agent on a suite of envs against the best SB3 algorithm (JSON, markdown, PNG);
 * ``sweep`` — a hyperparameter search over agent config fields on Ray Tune (tables, curves, best config);
 * ``gradcheck`` — EP estimate vs the exact gradient (implicit differentiation);
 * ``mnist`` — the MNIST warm-up classifier trained by EP, side by side with backprop;
@@ -50,6 +51,12 @@ def _compare():
     from eqagent.agents.compare import CompareConfig, run_compare
 
     return CompareConfig, run_compare
+
+
+def _suite():
+    from eqagent.agents.suite import SuiteConfig, run_suite
+
+    return SuiteConfig, run_suite
 
 
 def _sweep():
@@ -121,6 +128,9 @@ def _bench_worldmodel():
 COMMANDS: dict[str, Command] = {
     "run": Command("train and evaluate the EP agent on a Gym id (default CartPole-v1)", _run),
     "compare": Command("the EP agent side by side with SB3 (zoo hyperparameters)", _compare),
+    "suite": Command(
+        "the default EP agent on the suite of envs vs the best SB3 algorithm (held steps)", _suite
+    ),
     "sweep": Command("hyperparameter sweep of the EP agent on Ray Tune (seeds as a dimension)", _sweep),
     "gradcheck": Command("EP gradient vs autograd (implicit differentiation)", _gradcheck),
     "mnist": Command("MNIST warm-up: 784-500-10 energy net trained by EP (+ backprop)", _mnist),

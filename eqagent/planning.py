@@ -50,7 +50,9 @@ class PlannerConfig:
         iterations: CEM iterations (1 = random shooting).
         elites: Sequences the distribution is refitted to.
         discount: γ.
-        termination_penalty: λ_term, weight of the predicted termination risk.
+        termination_penalty: λ_term, weight of the predicted termination risk; ``None``: derived from the
+            rewards seen, ``max(0, mean reward per step) · horizon`` (ending an episode forfeits at least the
+            per-step reward for the rest of the horizon; 0 where rewards are costs, e.g. −1 per step).
         epistemic_weight: λ_epi, weight of the ensemble disagreement (exploration bonus).
         smoothing: Weight of the old distribution when refitting (0: none).
         min_std: Floor of the Gaussian std (Box actions, in units of the action range).
@@ -65,7 +67,7 @@ class PlannerConfig:
     iterations: int = 3
     elites: int = 16
     discount: float = 0.99
-    termination_penalty: float = 10.0
+    termination_penalty: float | None = 10.0
     epistemic_weight: float = 0.0
     smoothing: float = 0.1
     min_std: float = 0.05
@@ -82,7 +84,8 @@ class PlannerConfig:
             raise ValueError(f"discount must lie in (0, 1], got {self.discount}")
         if not 0 <= self.smoothing < 1:
             raise ValueError(f"smoothing must lie in [0, 1), got {self.smoothing}")
-        if self.termination_penalty < 0 or self.epistemic_weight < 0 or not 0 < self.min_std <= 1:
+        penalty = 0.0 if self.termination_penalty is None else self.termination_penalty
+        if penalty < 0 or self.epistemic_weight < 0 or not 0 < self.min_std <= 1:
             raise ValueError("termination_penalty and epistemic_weight must be >= 0, min_std in (0, 1]")
 
 
@@ -112,8 +115,16 @@ def expected_free_energy(
     cfg: PlannerConfig,
     preference: Preference | None = None,
     terminal_value: Preference | None = None,
+    termination_penalty: float | None = None,
 ) -> torch.Tensor:
-    """``G`` per candidate, shape ``(N,)``, from :meth:`EPWorldModel.imagine`'s output (see the module docstring)."""
+    """``G`` per candidate, shape ``(N,)``, from :meth:`EPWorldModel.imagine`'s output (see the module docstring).
+
+    ``termination_penalty`` overrides ``cfg.termination_penalty`` (the planner passes the derived value when the
+    config's is ``None``)."""
+    if termination_penalty is None:
+        termination_penalty = cfg.termination_penalty
+    if termination_penalty is None:
+        raise ValueError("termination_penalty is None (derived): pass the value derived from the rewards")
     term = imagined["term_prob"].clamp(0, 1)  # (M, N, H)
     alive = torch.cumprod(torch.cat([torch.ones_like(term[..., :1]), 1 - term], -1), -1)  # (M, N, H + 1)
     h = term.shape[-1]
@@ -132,7 +143,7 @@ def expected_free_energy(
     pragmatic = (disc * alive * value).sum(-1).mean(0)
     risk = (disc * alive * term).sum(-1).mean(0)
     epistemic = imagined["disagreement"].mean(-1)
-    return -(pragmatic + tail) + cfg.termination_penalty * risk - cfg.epistemic_weight * epistemic
+    return -(pragmatic + tail) + termination_penalty * risk - cfg.epistemic_weight * epistemic
 
 
 class Planner(ABC):
@@ -190,6 +201,15 @@ class CEMPlanner(Planner):
     def device(self) -> torch.device:
         return torch.device(getattr(self.wm, "device", "cpu"))
 
+    def termination_penalty(self) -> float:
+        """λ_term: the config's, or (``None``) ``max(0, mean reward per step) · horizon`` from the world model's
+        running reward statistics (``reward_norm.mean``; 0 for a world model without them)."""
+        if self.cfg.termination_penalty is not None:
+            return self.cfg.termination_penalty
+        norm = getattr(self.wm, "reward_norm", None)
+        rate = float(norm.mean) if norm is not None else 0.0
+        return max(0.0, rate) * self.cfg.horizon
+
     def _cold_dist(self, e: int) -> torch.Tensor:
         h, n = self.cfg.horizon, self.wm.act_dim
         if self.wm.discrete:
@@ -224,7 +244,9 @@ class CEMPlanner(Planner):
         e, c = seqs.shape[:2]
         flat_obs = obs[:, None].expand(e, c, obs.shape[-1]).reshape(e * c, -1)
         imagined = self.wm.imagine(flat_obs, seqs.reshape(e * c, *seqs.shape[2:]))
-        g = expected_free_energy(imagined, self.cfg, self.preference, self.terminal_value)
+        g = expected_free_energy(
+            imagined, self.cfg, self.preference, self.terminal_value, self.termination_penalty()
+        )
         first = imagined["first_out"]
         return g.view(e, c), first.view(first.shape[0], e, c, first.shape[-1])
 

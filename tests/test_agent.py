@@ -177,3 +177,60 @@ def test_plain_callable_callback_stops_training():
     agent = EPAgent("eqagent/LineWorld-v0", seed=0, **TINY)
     agent.learn(100, callback=lambda loc, glob: loc["self"].num_timesteps < 10)
     assert agent.num_timesteps == 10
+
+
+def test_defaults_are_derived_from_the_env_not_its_id():
+    from eqagent.agents.config import agent_config_for_id, derived_defaults
+
+    cart = agent_config_for_id("CartPole-v1")  # Discrete, 500-step episodes
+    assert (cart.planner.horizon, cart.planner.candidates, cart.planner.iterations, cart.planner.replan_every) == (
+        20, 128, 1, 2)  # fmt: skip
+    assert cart.planner.termination_penalty is None and cart.learning_starts == 100
+    pend = agent_config_for_id("Pendulum-v1")  # Box, 200-step episodes
+    assert (pend.planner.candidates, pend.planner.iterations, pend.planner.elites) == (256, 4, 32)
+    assert pend.world_model.updates_per_step == 4 and pend.learning_starts == 50
+    # the same spaces under another name get the same config: nothing is keyed by the id
+    env = gym.make("Pendulum-v1")
+    assert derived_defaults(env.observation_space, env.action_space, 200) == derived_defaults(
+        gym.spaces.Box(-1, 1, (3,)), gym.spaces.Box(-2, 2, (1,)), 200)  # fmt: skip
+    # overrides win over what is derived
+    assert agent_config_for_id("CartPole-v1", **{"planner.iterations": 3}).planner.iterations == 3
+
+
+def test_termination_penalty_derived_from_the_reward_rate():
+    import torch
+
+    from eqagent.planning import CEMPlanner, PlannerConfig
+    from eqagent.world_model import EPWorldModel
+
+    env = gym.make("CartPole-v1")
+    wm = EPWorldModel(env.observation_space, env.action_space)
+    planner = CEMPlanner(wm, PlannerConfig(horizon=20, termination_penalty=None))
+    assert planner.termination_penalty() == 0.0  # nothing seen yet
+    wm.reward_norm.update(torch.ones(50, 1))  # +1 per step alive: ending forfeits it for the horizon
+    assert planner.termination_penalty() == pytest.approx(20.0)
+    wm.reward_norm.update(-3 * torch.ones(200, 1))  # costs: ending is not penalised
+    assert planner.termination_penalty() == 0.0
+    assert CEMPlanner(wm, PlannerConfig(termination_penalty=7.0)).termination_penalty() == 7.0
+
+
+def test_default_agent_learns_an_env_with_odd_scales():
+    """A user's env the defaults were never tuned on: observations in the thousands, actions in [−5, 20], rewards
+    ×100. The default agent (no keyword arguments) keeps actions in the box and learns to return to the origin."""
+    from gymnasium.wrappers import RescaleAction, TransformObservation, TransformReward
+    from stable_baselines3.common.monitor import Monitor
+
+    def make():
+        env = gym.make("eqagent/LineWorld-v0", continuous=True)
+        env = TransformObservation(env, lambda o: 1000.0 * o + 500.0,
+                                   gym.spaces.Box(-1500.0, 2500.0, (1,), np.float32))  # fmt: skip
+        env = TransformReward(env, lambda r: 100.0 * r)
+        return Monitor(RescaleAction(env, np.float32(-5.0), np.float32(20.0)))
+
+    agent = EPAgent(make(), seed=0)
+    before, _ = evaluate_policy(agent, make(), n_eval_episodes=5)
+    agent.learn(300)
+    after, _ = evaluate_policy(agent, make(), n_eval_episodes=5)
+    action, _ = agent.predict(np.array([[900.0]], np.float32), deterministic=True)
+    assert agent.action_space.contains(action[0])
+    assert after > before + 300, (before, after)  # per-step reward ×100, 30-step episodes

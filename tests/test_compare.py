@@ -99,3 +99,30 @@ def test_train_seconds_exclude_evaluations():
     agent.learn(40, callback=cb)
     seconds = [e["train_seconds"] for e in cb.history]
     assert seconds[0] == pytest.approx(0.0, abs=0.05) and 0 < seconds[1] < seconds[2] <= cb.train_seconds()
+
+
+def test_suite_runs_ep_and_sb3_with_held_steps_and_reuses_the_sb3_cache(tmp_path, capsys):
+    from eqagent.agents.suite import SUITE, sb3_algos, sb3_budget
+
+    assert sb3_algos("CartPole-v1") == ["ppo", "dqn"] and sb3_algos("Pendulum-v1") == ["ppo", "sac"]
+    assert sb3_budget("ppo", "CartPole-v1") == 50_000 and sb3_budget("sac", "Pendulum-v1") == 20_000
+    assert sb3_budget("sac", "InvertedPendulum-v5") == 50_000  # not tuned by the zoo: the cap
+    assert SUITE["HalfCheetah-v5"].threshold is None
+    out, cache = tmp_path / "out", tmp_path / "cache"
+    argv = ["suite", "--envs", "CartPole-v1", "--seeds", "1", "--budget-scale", "0.001", "--eval-episodes", "1",
+            "--sb3-cache", str(cache), "--out", str(out), "--workers", "2", "--json"]  # fmt: skip
+    assert main(argv) == 0
+    result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    row = result["envs"]["CartPole-v1"]
+    assert set(row["algos"]) == {"ep", "ppo", "dqn"} and row["sb3_algo"] in ("ppo", "dqn")
+    assert row["threshold"] == 475 and all(a["budget"] == 500 for a in row["algos"].values())
+    # 500 steps hold 475 nowhere: SB3 counts as holding it at its budget, EP's figure is null
+    assert row["sb3_steps"] == 500 and row["sb3_reached"] is False and row["ep_steps"] is None
+    assert len(list(cache.glob("*.json"))) == 2 and (out / "suite_curves.png").stat().st_size > 1000
+    assert "| CartPole-v1 | 475 |" in (out / "suite.md").read_text()
+    # the second suite reuses the cached SB3 runs (same evaluations), and trains only the EP agent
+    assert main([*argv[:-1], "--json"]) == 0
+    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["envs"]["CartPole-v1"]
+    assert all(again["algos"][a]["cached"] for a in ("ppo", "dqn")) and not again["algos"]["ep"]["cached"]
+    assert again["sb3_final"] == row["sb3_final"]
+    assert main(["suite", "--envs", "Nope-v0", "--out", str(out)]) == 2

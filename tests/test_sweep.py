@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
-from eqagent.agents.config import EPAgentConfig, agent_config, read_config_file
+from eqagent.agents.config import EPAgentConfig, agent_config_for_id, read_config_file
 from eqagent.agents.sweep import SweepConfig, parse_dimension, run_sweep
 from eqagent.apps.cli import main
 
@@ -99,7 +99,7 @@ def test_two_configs_two_seeds_sweep_writes_table_and_best_config(tmp_path, caps
         [c["auc_median"] for c in result["configs"]], reverse=True
     )
     saved = read_config_file(exp / "best_config.json")
-    cfg = agent_config("CartPole-v1", **saved)
+    cfg = agent_config_for_id("CartPole-v1", **saved)
     assert isinstance(cfg, EPAgentConfig) and cfg.planner.horizon == best["config"]["planner.horizon"]
     assert cfg.planner.candidates == 16 and cfg.learning_starts == 50  # the fixed --set values are in it
     assert (exp / "sweep_curves.png").stat().st_size > 1000
