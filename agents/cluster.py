@@ -9,8 +9,8 @@ Ray is an optional extra (``pip install 'eqagent[ray]'``); without it, :func:`in
   ``ray start --address HEAD:6379`` on the others). ``address="HOST:PORT"``: that cluster's head.
 
 On a cluster every node needs ``eqagent`` installed in the same Python (``pip install 'eqagent[ray]'``, or the
-repo checked out at the same path and ``bash scripts/setup.sh``), and a sweep's output folder must be on storage
-every node can reach (NFS, or a ``s3://``/``gs://`` URI), as Ray Tune requires for multi-node experiments.
+repo checked out at the same path and ``bash scripts/setup.sh``), and a sweep's output folder must be on a shared
+filesystem every node can reach (e.g. NFS), as Ray Tune requires for multi-node experiments.
 """
 
 from __future__ import annotations
