@@ -51,11 +51,15 @@ def test_dimensions_parse_and_reject_bad_specs():
         ({"space": ("planner.horizon=choice:5,8", "planner.horizon=choice:9")}, "searched twice"),
     ],
 )
-def test_bad_sweeps_fail_before_ray_starts(tmp_path, kwargs, match):
+def test_bad_sweeps_fail_before_ray_starts(tmp_path, kwargs, match, monkeypatch):
+    from eqagent.agents import cluster
+
+    started = []
+    monkeypatch.setattr(cluster, "init_ray", lambda *a, **k: started.append(1))
     cfg = SweepConfig(out=str(tmp_path), **{"seeds": 1, **kwargs})
     with pytest.raises(ValueError, match=match):
         run_sweep(cfg)
-    assert not ray.is_initialized()
+    assert not started
 
 
 def test_cli_sweep_errors_are_one_line(tmp_path, capsys):
