@@ -18,7 +18,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
-__all__ = ["MissingExtra", "init_ray", "require_ray"]
+__all__ = ["MissingExtra", "init_ray", "require_ray", "run_tasks"]
 
 
 class MissingExtra(ImportError):
@@ -59,3 +59,10 @@ def init_ray(address: str = "", num_cpus: int = 0, quiet: bool = True) -> Any:
         ray.init(num_cpus=num_cpus or os.cpu_count() or 1, include_dashboard=False, runtime_env=runtime_env,
                  log_to_driver=not quiet)  # fmt: skip
     return ray
+
+
+def run_tasks(fn: Any, calls: list[tuple], address: str = "", num_cpus: int = 0) -> list:
+    """``[fn(*args) for args in calls]`` as Ray tasks of one CPU each (results in call order)."""
+    ray = init_ray(address, num_cpus)
+    task = ray.remote(num_cpus=1)(fn)
+    return list(ray.get([task.remote(*args) for args in calls]))

@@ -278,15 +278,14 @@ def _plot(env_id: str, runs: list[dict], threshold: float | None, path: Path) ->
 
 def _run_on_ray(cfg: CompareConfig, jobs: list[tuple[str, int]]) -> list[dict]:
     """The runs as Ray tasks (one CPU each), in job order; paths made absolute for workers elsewhere."""
-    from eqagent.agents.cluster import init_ray
+    from eqagent.agents.cluster import run_tasks
 
-    ray = init_ray(cfg.address, cfg.workers)
     args = asdict(cfg)
     args.update(progress_bar=False, tensorboard_log=str(Path(cfg.tensorboard_log).resolve()) if cfg.tensorboard_log else "",
                 backend="process", address="")  # fmt: skip
-    task = ray.remote(num_cpus=1)(run_one)
-    refs = [task.remote(a, cfg.env, s, cfg.budget(a), args) for a, s in jobs]
-    return list(ray.get(refs))
+    return run_tasks(
+        run_one, [(a, cfg.env, s, cfg.budget(a), args) for a, s in jobs], cfg.address, cfg.workers
+    )
 
 
 def run_compare(cfg: CompareConfig) -> dict:

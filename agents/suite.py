@@ -201,11 +201,9 @@ def _execute(cfg: SuiteConfig, jobs: list[dict], cfg_dict: dict) -> list[dict]:
     if not jobs:
         return []
     if cfg.backend == "ray":
-        from eqagent.agents.cluster import init_ray
+        from eqagent.agents.cluster import run_tasks
 
-        ray = init_ray(cfg.address, cfg.workers)
-        task = ray.remote(num_cpus=1)(_run_job)
-        return list(ray.get([task.remote(j, cfg_dict) for j in jobs]))
+        return run_tasks(_run_job, [(j, cfg_dict) for j in jobs], cfg.address, cfg.workers)
     workers = min(len(jobs), cfg.workers or os.cpu_count() or 1)
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
         return list(pool.map(_run_job, jobs, [cfg_dict] * len(jobs)))

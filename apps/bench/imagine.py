@@ -12,14 +12,13 @@ device cannot measure (CUDA graphs and Triton on CPU) is ``null`` with the reaso
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 
 import gymnasium as gym
 import torch
 
 from eqagent.imagination import Imagination
+from eqagent.kernels.autotune import median_seconds
 from eqagent.world_model import EPWorldModel, WorldModelConfig
 
 __all__ = ["ImagineBenchConfig", "run_imagine_bench"]
@@ -61,18 +60,6 @@ class ImagineBenchConfig:
             ) from None
 
 
-def _time(fn, repeats: int, sync) -> float:
-    fn()
-    sync()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
 def _capture(fn):
     """``fn`` captured as a CUDA graph (after a warm-up run on a side stream, as PyTorch's docs do it)."""
     stream = torch.cuda.Stream()
@@ -96,7 +83,7 @@ def _model(device: torch.device, backend: str) -> EPWorldModel:
     return wm
 
 
-def _case(eager: EPWorldModel, n: int, cfg: ImagineBenchConfig, sync, gen, notes: list) -> dict:
+def _case(eager: EPWorldModel, n: int, cfg: ImagineBenchConfig, gen, notes: list) -> dict:
     """One size: every backend's median seconds, speed-up over eager, and difference from eager's output."""
     from eqagent.kernels import triton_imagine
 
@@ -106,19 +93,19 @@ def _case(eager: EPWorldModel, n: int, cfg: ImagineBenchConfig, sync, gen, notes
     enc = eager.encode_action(seqs)  # (N, H, A): validated and encoded once, as the planner does per call
     rollout = Imagination(eager).rollout
     run_eager = lambda: rollout(obs, enc)  # noqa: E731
-    case: dict = {"candidates": n, "eager_seconds": _time(run_eager, cfg.repeats, sync)}
+    case: dict = {"candidates": n, "eager_seconds": median_seconds(run_eager, cfg.repeats)}
     case["compile_seconds"] = case["cuda_graph_seconds"] = case["triton_seconds"] = None
     ref = run_eager()["obs"]
     diffs: dict = {}
     if cfg.compile:
         compiled = torch.compile(lambda o, e: rollout(o, e)["obs"])
         diffs["compile"] = float((compiled(obs, enc) - ref).abs().max())
-        case["compile_seconds"] = _time(lambda: compiled(obs, enc), cfg.repeats, sync)
+        case["compile_seconds"] = median_seconds(lambda: compiled(obs, enc), cfg.repeats)
     if device.type == "cuda":
         try:
             graph, static = _capture(run_eager)
             diffs["cuda_graph"] = float((static["obs"] - ref).abs().max())
-            case["cuda_graph_seconds"] = _time(graph.replay, cfg.repeats, sync)
+            case["cuda_graph_seconds"] = median_seconds(graph.replay, cfg.repeats)
         except RuntimeError as e:  # a capture the rollout's ops do not allow: reported, not fatal
             notes.append(f"CUDA graph capture failed at {n} candidates: {str(e).splitlines()[0]}")
         if triton_imagine.available(device):
@@ -126,7 +113,7 @@ def _case(eager: EPWorldModel, n: int, cfg: ImagineBenchConfig, sync, gen, notes
             fused.load_state_dict(eager.state_dict())
             fused_rollout = Imagination(fused).rollout
             diffs["triton"] = float((fused_rollout(obs, enc)["obs"] - ref).abs().max())
-            case["triton_seconds"] = _time(lambda: fused_rollout(obs, enc), cfg.repeats, sync)
+            case["triton_seconds"] = median_seconds(lambda: fused_rollout(obs, enc), cfg.repeats)
     for name in ("compile", "cuda_graph", "triton"):
         t = case[f"{name}_seconds"]
         case[f"{name}_speedup"] = None if t is None else case["eager_seconds"] / t
@@ -146,14 +133,13 @@ def run_imagine_bench(cfg: ImagineBenchConfig) -> dict:
     if cfg.device == "cuda" and not cuda:
         raise ValueError("device cuda requested but CUDA is not available")
     device = torch.device("cuda" if cfg.device == "cuda" or (cfg.device == "auto" and cuda) else "cpu")
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     from eqagent.kernels import triton_imagine
 
     eager = _model(device, "torch")
     gen = torch.Generator(device).manual_seed(0)
     notes: list[str] = []
     with torch.no_grad():
-        cases = {str(n): _case(eager, n, cfg, sync, gen, notes) for n in cfg.sizes()}
+        cases = {str(n): _case(eager, n, cfg, gen, notes) for n in cfg.sizes()}
     if device.type != "cuda":
         notes.append("CUDA graphs and Triton are timed on CUDA only (no CUDA here)")
     elif not triton_imagine.available(device):

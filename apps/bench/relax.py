@@ -16,13 +16,12 @@ the shapes themselves use.
 
 from __future__ import annotations
 
-import statistics
-import time
 from dataclasses import dataclass
 
 import torch
 
 from eqagent.energy import EnergyNet
+from eqagent.kernels.autotune import median_seconds
 from eqagent.relax import settle
 
 __all__ = ["RelaxBenchConfig", "relax_flops", "run_relax_bench"]
@@ -64,22 +63,10 @@ def relax_flops(sizes: list[int], batch: int, steps: int) -> int:
     return flops + steps * per_step
 
 
-def _time(fn, repeats: int, sync) -> float:
-    fn()
-    sync()
-    ts = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        ts.append(time.perf_counter() - t0)
-    return statistics.median(ts)
-
-
-def _matmul_gflops(device: torch.device, sync, repeats: int) -> float:
+def _matmul_gflops(device: torch.device, repeats: int) -> float:
     a = torch.randn(2048, 1024, device=device)
     b = torch.randn(1024, 1024, device=device)
-    t = _time(lambda: a @ b, repeats, sync)
+    t = median_seconds(lambda: a @ b, repeats)
     return 2 * 2048 * 1024 * 1024 / t / 1e9
 
 
@@ -88,7 +75,7 @@ def _compiled_relax(net: EnergyNet, steps: int):
     return torch.compile(lambda init: settle(net, init, steps=steps).states)
 
 
-def _products_seconds(case: dict, steps: int, device: torch.device, sync, repeats: int) -> float:
+def _products_seconds(case: dict, steps: int, device: torch.device, repeats: int) -> float:
     """Time of the relaxation's matrix products alone (see the module docstring), feature-major shapes."""
     sizes, batch = case["sizes"], case["batch"]
 
@@ -107,7 +94,7 @@ def _products_seconds(case: dict, steps: int, device: torch.device, sync, repeat
             for a, b in pairs:
                 torch.matmul(a, b)
 
-    return _time(run, repeats, sync)
+    return median_seconds(run, repeats)
 
 
 def run_relax_bench(cfg: RelaxBenchConfig) -> dict:
@@ -115,8 +102,7 @@ def run_relax_bench(cfg: RelaxBenchConfig) -> dict:
         torch.set_num_threads(cfg.threads)
     dev = torch.device("cuda" if (cfg.device == "auto" and torch.cuda.is_available()) else
                        ("cpu" if cfg.device == "auto" else cfg.device))  # fmt: skip
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
-    gflops_mm = _matmul_gflops(dev, sync, cfg.repeats)
+    gflops_mm = _matmul_gflops(dev, cfg.repeats)
     out: dict = {"device": str(dev), "matmul_gflops": gflops_mm, "steps": cfg.steps}
     ratios = []
     cases = {**CASES, **(CUDA_CASES if dev.type == "cuda" else {})}
@@ -127,26 +113,26 @@ def run_relax_bench(cfg: RelaxBenchConfig) -> dict:
         flops = relax_flops(case["sizes"], case["batch"], cfg.steps)
         res = {"flops": flops, "matmul_roofline_seconds": flops / (gflops_mm * 1e9)}
         net.relax_backend = "torch"
-        t = _time(lambda: settle(net, init, steps=cfg.steps), cfg.repeats, sync)  # noqa: B023
+        t = median_seconds(lambda: settle(net, init, steps=cfg.steps), cfg.repeats)  # noqa: B023
         res["torch_eager_seconds"] = t
         res["torch_eager_gflops"] = flops / t / 1e9
         res["ratio_to_matmul"] = t / res["matmul_roofline_seconds"]
         if dev.type == "cpu" and name in CASES:
             ratios.append(res["ratio_to_matmul"])
-        t = _products_seconds(case, cfg.steps, dev, sync, cfg.repeats)
+        t = _products_seconds(case, cfg.steps, dev, cfg.repeats)
         res["products_only_seconds"] = t
         res["products_only_ratio_to_matmul"] = t / res["matmul_roofline_seconds"]
         if cfg.compile:
             try:
                 fn = _compiled_relax(net, cfg.steps)
-                t = _time(lambda: fn(init), cfg.repeats, sync)  # noqa: B023
+                t = median_seconds(lambda: fn(init), cfg.repeats)  # noqa: B023
                 res["torch_compile_seconds"] = t
                 res["torch_compile_gflops"] = flops / t / 1e9
             except Exception as e:
                 res["torch_compile_error"] = f"{type(e).__name__}: {e}"[:300]
         if dev.type == "cuda":
             net.relax_backend = "triton"
-            t = _time(lambda: settle(net, init, steps=cfg.steps), cfg.repeats, sync)  # noqa: B023
+            t = median_seconds(lambda: settle(net, init, steps=cfg.steps), cfg.repeats)  # noqa: B023
             res["triton_seconds"] = t
             res["triton_gflops"] = flops / t / 1e9
             res["triton_speedup_vs_eager"] = res["torch_eager_seconds"] / t

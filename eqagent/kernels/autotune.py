@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["AUTOTUNER", "ShapeAutotuner"]
+__all__ = ["AUTOTUNER", "ShapeAutotuner", "median_seconds", "synced_clock"]
 
 
 class ShapeAutotuner:
@@ -36,7 +36,7 @@ class ShapeAutotuner:
         if repeats < 1 or max_entries < 1:
             raise ValueError(f"repeats and max_entries must be >= 1, got {repeats}, {max_entries}")
         self.repeats, self.max_entries = repeats, max_entries
-        self.clock = clock or _synced_clock
+        self.clock = clock or synced_clock
         self.cache: OrderedDict[Hashable, str] = OrderedDict()
         self.timings: dict[Hashable, dict[str, float]] = {}
 
@@ -47,16 +47,8 @@ class ShapeAutotuner:
         if key in self.cache:
             self.cache.move_to_end(key)
             return self.cache[key]
-        times = {}
         with torch.no_grad():
-            for name, fn in candidates.items():
-                fn()  # warm-up: compilation, caches, allocator
-                ts = []
-                for _ in range(self.repeats):
-                    t0 = self.clock()
-                    fn()
-                    ts.append(self.clock() - t0)
-                times[name] = statistics.median(ts)
+            times = {name: median_seconds(fn, self.repeats, self.clock) for name, fn in candidates.items()}
         best = min(times, key=times.__getitem__)
         self.cache[key], self.timings[key] = best, times
         while len(self.cache) > self.max_entries:
@@ -69,10 +61,23 @@ class ShapeAutotuner:
         self.timings.clear()
 
 
-def _synced_clock() -> float:
+def synced_clock() -> float:
+    """``perf_counter`` after the queued CUDA work has finished (when CUDA is in use)."""
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         torch.cuda.synchronize()
     return time.perf_counter()
+
+
+def median_seconds(fn: Callable[[], Any], repeats: int, clock: Callable[[], float] = synced_clock) -> float:
+    """Median seconds of ``repeats`` calls of ``fn`` after one warm-up call (compilation, caches, allocator)."""
+    fn()
+    clock()
+    ts = []
+    for _ in range(repeats):
+        t0 = clock()
+        fn()
+        ts.append(clock() - t0)
+    return statistics.median(ts)
 
 
 AUTOTUNER = ShapeAutotuner()
