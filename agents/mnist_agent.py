@@ -22,8 +22,14 @@ of every class seen so far; those dreams, labelled, are replayed next to the new
   image free). Varied dreams, but thinner and more alike than real digits.
 * ``"label"``: the label clamped, image and hidden free, relaxed from a noisy top-down start (class prototypes).
 
-``eqagent bench replay``: split-MNIST (5 tasks of 2 classes) learned online through the env, with and without
-dream replay, same net and stream.
+:class:`OnlineGenerativeClassifier` (``OnlineConfig.classifier="generative"``, the default of ``eqagent bench
+replay``) does not need replay: a :class:`~eqagent.dreaming.GenerativeEPClassifier` (one EP autoencoder per
+class, label = the class of lowest reconstruction energy) learns each revealed image into its own class's net,
+under that class's surprise gate, so learning new classes leaves the old classes' nets untouched.
+
+``eqagent bench replay``: split-MNIST (5 tasks of 2 classes) learned online through the env by the chosen learner
+(generative, or discriminative with dream replay), and beside it the discriminative net without replay
+(fine-tuning, the forgetting baseline), same stream.
 """
 
 from __future__ import annotations
@@ -38,23 +44,36 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-from eqagent.dreaming import CodeBank, DreamAutoencoder, DreamerConfig, DreamerNet
+from eqagent.dreaming import CodeBank, DreamAutoencoder, DreamerConfig, DreamerNet, GenerativeEPClassifier
 from eqagent.surprise import SurpriseGate, SurpriseGateConfig
 
-__all__ = ["OnlineConfig", "OnlineEPClassifier", "ReplayBenchConfig", "run_replay_bench"]
+__all__ = [
+    "OnlineConfig",
+    "OnlineEPClassifier",
+    "OnlineGenerativeClassifier",
+    "ReplayBenchConfig",
+    "make_online_learner",
+    "run_replay_bench",
+]
 
 
 @dataclass
 class OnlineConfig:
-    """Settings of :class:`OnlineEPClassifier`.
+    """Settings of the online learners (:func:`make_online_learner`).
 
     Attributes:
+        classifier: ``"generative"`` (:class:`OnlineGenerativeClassifier`: one EP autoencoder per class, no
+            replay needed; it uses ``class_hidden``, ``lr``, ``batch_size``, ``recent``, ``train_every``,
+            ``gate`` and ``seed``) or ``"discriminative"`` (:class:`OnlineEPClassifier`: a dreamer net, with
+            dream replay in the replay run; every other field).
+        class_hidden: Code size of each class's autoencoder (generative): small enough that a class's net does
+            not reconstruct the other digits as well as its own.
         hidden: Hidden size of the dreamer net.
         label_copies: Units per label.
         free_steps: Free-phase relaxation steps.
         nudged_steps: Nudged-phase relaxation steps.
         lr: Adam learning rate (times the gate).
-        batch_size: Real images per update (the newest plus recent ones).
+        batch_size: Real images per update (the newest plus recent ones; generative: recent ones of its class).
         recent: Capacity of the recent-image buffer.
         train_every: Env steps per update.
         gate: Use the surprise gate.
@@ -79,6 +98,8 @@ class OnlineConfig:
         seed: Seed.
     """
 
+    classifier: str = "generative"
+    class_hidden: int = 200
     hidden: int = 500
     label_copies: int = 10
     free_steps: int = 20
@@ -101,6 +122,13 @@ class OnlineConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        if self.classifier not in ("generative", "discriminative"):
+            raise ValueError(f"classifier must be 'generative' or 'discriminative', got {self.classifier!r}")
+        for name in ("class_hidden", "hidden", "batch_size", "recent", "train_every"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not (np.isfinite(self.lr) and self.lr > 0):
+            raise ValueError(f"lr must be finite and > 0, got {self.lr}")
         if self.dreams not in ("autoencoder", "codes", "label"):
             raise ValueError(f"dreams must be 'autoencoder', 'codes' or 'label', got {self.dreams!r}")
         if self.recon_weight is None:
@@ -224,6 +252,81 @@ class OnlineEPClassifier:
         return {"error": err, "gate": g, "updated": True}
 
 
+class OnlineGenerativeClassifier:
+    """Online generative EP learner for a classification env (see the module docstring).
+
+    Each revealed label trains that class's autoencoder (every ``train_every`` steps, on the newest image plus
+    recent images of its class, kept only until the task ends), its learning rate set by that class's own
+    :class:`~eqagent.surprise.SurpriseGate` (prediction error = the class net's reconstruction energy of the
+    newest image). Labels are chosen among the classes seen so far.
+
+    Args:
+        num_pixels: Observation size.
+        num_classes: Action space size.
+        config: :class:`OnlineConfig` (``classifier="generative"``).
+    """
+
+    def __init__(self, num_pixels: int, num_classes: int, config: OnlineConfig | None = None) -> None:
+        self.config = c = config or OnlineConfig()
+        torch.manual_seed(c.seed)
+        self.model = GenerativeEPClassifier(num_pixels, num_classes, hidden=c.class_hidden, seed=c.seed)
+        self.num_classes = num_classes
+        self.optimizers = [
+            torch.optim.Adam(self.model.class_parameters(k), lr=c.lr) for k in range(num_classes)
+        ]
+        self.gates = [SurpriseGate(SurpriseGateConfig(warmup=200)) for _ in range(num_classes)]
+        self.recent: list[deque[np.ndarray]] = [deque(maxlen=c.recent) for _ in range(num_classes)]
+        self.rng = np.random.default_rng(c.seed)
+        self.seen: list[int] = []
+        self.steps = self.updates = 0
+
+    def predict(self, obs: np.ndarray) -> int:
+        x = np.asarray(obs, dtype=np.float32).reshape(-1)
+        if not np.isfinite(x).all():
+            raise ValueError("observation contains NaN or inf")
+        if not self.seen:
+            return 0
+        return int(self.model.predict(torch.from_numpy(x)[None], classes=self.seen)[0])
+
+    def start_task(self, replay: bool) -> None:
+        """Called when a new task begins: the recent images are dropped (no image outlives its task); nothing is
+        replayed (``replay`` is accepted for the common learner interface and has no effect)."""
+        for buf in self.recent:
+            buf.clear()
+
+    def observe(self, obs: np.ndarray, label: int) -> dict:
+        """Learns from one revealed label; returns ``dict(error, gate, updated)``."""
+        c = self.config
+        label = int(label)
+        if not 0 <= label < self.num_classes:
+            raise ValueError(f"label {label} outside [0, {self.num_classes})")
+        x = np.asarray(obs, dtype=np.float32).reshape(-1)
+        self.recent[label].append(x)
+        if label not in self.seen:
+            self.seen.append(label)
+        self.steps += 1
+        xt = torch.from_numpy(x)[None]
+        err = float(self.model.energies(xt, [label])[0, 0])
+        g = self.gates[label](err) if c.gate else 1.0
+        if self.steps % c.train_every or (c.gate and self.gates[label].skip(g)):
+            return {"error": err, "gate": g, "updated": False}
+        buf = self.recent[label]
+        idx = self.rng.integers(0, len(buf), size=c.batch_size - 1)
+        xb = torch.from_numpy(np.stack([x] + [buf[i] for i in idx]))
+        self.model.train_class(label, xb, self.optimizers[label], lr_scale=g)
+        self.updates += 1
+        return {"error": err, "gate": g, "updated": True}
+
+
+def make_online_learner(
+    num_pixels: int, num_classes: int, config: OnlineConfig | None = None
+) -> OnlineEPClassifier | OnlineGenerativeClassifier:
+    """The online learner ``config.classifier`` names."""
+    config = config or OnlineConfig()
+    cls = OnlineGenerativeClassifier if config.classifier == "generative" else OnlineEPClassifier
+    return cls(num_pixels, num_classes, config)
+
+
 @dataclass
 class ReplayBenchConfig:
     """Settings of ``eqagent bench replay``.
@@ -252,7 +355,10 @@ class ReplayBenchConfig:
 
 
 def _stream(
-    cfg: ReplayBenchConfig, learner: OnlineEPClassifier, replay: bool, env_kwargs: dict
+    cfg: ReplayBenchConfig,
+    learner: OnlineEPClassifier | OnlineGenerativeClassifier,
+    replay: bool,
+    env_kwargs: dict,
 ) -> list[dict]:
     env = gym.make("eqagent/MNISTClassify-v0", episode_length=cfg.steps_per_task, **env_kwargs)
     log = []
@@ -278,7 +384,9 @@ def run_replay_bench(
     learner: OnlineConfig | None = None,
     num_classes: int = 10,
 ) -> dict:
-    """Class-incremental split-MNIST through the env, with and without dream replay (same net, same stream).
+    """Class-incremental split-MNIST through the env: the chosen learner (``replay_*`` figures: the generative
+    classifier, or the discriminative net with dream replay) and the discriminative net without replay
+    (``no_replay_*``: fine-tuning), same stream.
 
     Args:
         cfg: Settings.
@@ -297,9 +405,12 @@ def run_replay_bench(
         tr_x, tr_y, te_x, te_y = data
     xt = torch.from_numpy(te_x.reshape(len(te_x), -1).astype(np.float32) / 255.0)
     yt = torch.from_numpy(np.asarray(te_y))
-    out: dict = {}
-    for name, replay in (("replay", True), ("no_replay", False)):
-        agent = OnlineEPClassifier(xt.shape[1], num_classes, learner or cfg.learner_config())
+    learner = learner or cfg.learner_config()
+    out: dict = {"classifier": learner.classifier}
+    # the forgetting baseline is always the discriminative net without replay (fine-tuning)
+    runs = (("replay", True, learner), ("no_replay", False, replace(learner, classifier="discriminative")))
+    for name, replay, config in runs:
+        agent = make_online_learner(xt.shape[1], num_classes, config)
         log = _stream(cfg, agent, replay, dict(images=tr_x, labels=tr_y, num_classes=num_classes))
         pred = agent.model.predict(xt)
         out[f"{name}_accuracy"] = float((pred == yt).float().mean())

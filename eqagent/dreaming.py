@@ -25,10 +25,16 @@ decoded from its codes are thin prototypes. :class:`DreamAutoencoder` is a secon
 ``image – code`` trained by EP only to reconstruct images; its codes keep what the images look like, and dreams
 decoded from a :class:`CodeBank` over them are much closer to real digits (the generator of deep generative
 replay, here an EP net).
+
+:class:`GenerativeEPClassifier` turns the dreamers around: one :class:`DreamAutoencoder` per class, each trained
+only on its own class, and an image is labelled with the class whose net reconstructs it at the lowest energy
+(a generative classifier: learning a new class trains a new net and leaves the old ones untouched, so nothing is
+forgotten and nothing needs replaying).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -39,7 +45,7 @@ from eqagent.energy import EnergyNet
 from eqagent.ep import EPConfig, ep_gradients, free_phase
 from eqagent.relax import settle
 
-__all__ = ["CodeBank", "DreamAutoencoder", "DreamerConfig", "DreamerNet"]
+__all__ = ["CodeBank", "DreamAutoencoder", "DreamerConfig", "DreamerNet", "GenerativeEPClassifier"]
 
 
 @dataclass
@@ -439,3 +445,83 @@ class DreamerNet(nn.Module):
         states[-1] = y
         res = settle(self.net, states, clamped=(-1,), steps=steps or self.config.dream_steps)
         return (res.states[0], res.states) if return_states else res.states[0]
+
+
+class GenerativeEPClassifier(nn.Module):
+    """One EP autoencoder per class; an image's class is the one whose autoencoder reconstructs it best.
+
+    The score of class ``c`` is the reconstruction energy ``½‖x − decode_c(codes_c(x))‖²`` of its
+    :class:`DreamAutoencoder` (code layer relaxed with the image clamped, then the image relaxed with the code
+    clamped: the net's two equilibria). Each net learns only from images of its class (:meth:`train_class`), so
+    classes can arrive one after another without forgetting. A small code (``hidden``) keeps each net specific to
+    its class: a net that reconstructs every digit well no longer tells them apart.
+
+    Args:
+        in_dim: Pixels per image.
+        num_classes: Number of classes (one autoencoder each).
+        hidden: Code size of each autoencoder.
+        beta: EP nudging strength of the reconstruction step.
+        seed: Initialisation seed (class ``c`` uses ``seed + c``).
+    """
+
+    def __init__(
+        self, in_dim: int, num_classes: int, hidden: int = 100, beta: float = 0.5, seed: int = 0
+    ) -> None:
+        super().__init__()
+        if num_classes < 1:
+            raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+        self.in_dim, self.num_classes = int(in_dim), int(num_classes)
+        self.nets = nn.ModuleList(
+            DreamAutoencoder(in_dim, hidden, beta=beta, seed=seed + c) for c in range(num_classes)
+        )
+
+    @torch.no_grad()
+    def energies(self, x: torch.Tensor, classes: list[int] | None = None) -> torch.Tensor:
+        """Reconstruction energies ``(B, K)`` of images ``(B, in_dim)`` under each class's net (``classes``: a
+        subset, in that order; default all)."""
+        x = _check_images(x, self.in_dim)
+        cls = range(self.num_classes) if classes is None else classes
+        out = []
+        for c in cls:
+            net = self.nets[c]
+            out.append(0.5 * ((net.decode(net.codes(x)) - x) ** 2).sum(1))
+        return torch.stack(out, 1)
+
+    @torch.no_grad()
+    def predict(
+        self, x: torch.Tensor, classes: list[int] | None = None, batch_size: int = 1000
+    ) -> torch.Tensor:
+        """Labels ``(B,)``: the class of lowest energy among ``classes`` (default all)."""
+        x = _check_images(x, self.in_dim)
+        cls = torch.tensor(list(range(self.num_classes)) if classes is None else list(classes))
+        if len(cls) == 0:
+            raise ValueError("classes is empty: nothing to choose from")
+        return torch.cat([cls[self.energies(b, cls.tolist()).argmin(1)] for b in x.split(batch_size)])
+
+    def train_class(
+        self, c: int, x: torch.Tensor, optimizer: torch.optim.Optimizer, lr_scale: float = 1.0
+    ) -> float:
+        """One EP reconstruction step of class ``c``'s net on its images ``x``; ``optimizer`` must hold that
+        net's parameters (see :meth:`class_parameters`); its learning rate is scaled by ``lr_scale`` for this
+        step. Returns the free-phase cost."""
+        if not 0 <= c < self.num_classes:
+            raise ValueError(f"class {c} outside [0, {self.num_classes})")
+        if not (math.isfinite(lr_scale) and lr_scale >= 0):
+            raise ValueError(f"lr_scale must be finite and >= 0, got {lr_scale}")
+        grads, loss = self.nets[c].gradients(x)
+        optimizer.zero_grad(set_to_none=True)
+        for p, g in grads.items():
+            p.grad = g
+        rates = [group["lr"] for group in optimizer.param_groups]
+        for group in optimizer.param_groups:
+            group["lr"] = group["lr"] * lr_scale
+        try:
+            optimizer.step()
+        finally:
+            for group, lr in zip(optimizer.param_groups, rates, strict=True):
+                group["lr"] = lr
+        return loss
+
+    def class_parameters(self, c: int) -> list[nn.Parameter]:
+        """The trainable parameters of class ``c``'s net."""
+        return list(self.nets[c].net.trainable_parameters())
