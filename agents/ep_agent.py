@@ -178,8 +178,9 @@ class EPAgent:
         With ``deterministic=True`` the action is a pure function of the weights, the observation, the seed and
         the ``state`` passed in: each observation is planned on its own with randomness drawn from (seed,
         observation), and the only warm start is ``state`` (the previous call's returned plan, as SB3's
-        ``evaluate_policy`` passes it back; rows with ``episode_start`` start cold). ``deterministic=False``
-        draws from the agent's running generator instead.
+        ``evaluate_policy`` passes it back; rows with ``episode_start`` start cold), and the plan exploits (no
+        exploration terms in its expected free energy). ``deterministic=False`` draws from the agent's running
+        generator instead and explores as in training.
         """
         obs = self._check_obs(observation)
         single = obs.ndim == 1
@@ -197,7 +198,7 @@ class EPAgent:
         for i, row in enumerate(batch):
             warm = None if state is None or starts[i] else state[i : i + 1]
             gen = self._obs_generator(row) if deterministic else self._stochastic_gen
-            res = self.planner.plan(row[None], warm, gen)
+            res = self.planner.plan(row[None], warm, gen, explore=not deterministic)
             actions.append(res.action[0])
             states.append(res.state[0])
         out = np.stack(actions)

@@ -7,8 +7,10 @@ envs × candidates × members). With ``alive_t = Π_{k<t}(1 − p_term,k)``:
     G(π) = − Σ_t γ^t alive_t · r̂_t                  (pragmatic: predicted reward, or −preference energy)
            + λ_term · Σ_t γ^t alive_t · p_term,t      (termination risk)
            − λ_epi · mean_t disagreement_t            (epistemic value: ensemble disagreement)
+           − λ_nov · Σ_t γ^t alive_t · novelty_t     (epistemic value: distance to the nearest visited state)
 
-averaged over ensemble members. With a ``terminal_value`` ``V`` (e.g. :class:`eqagent.value.EPValueFunction`) the
+averaged over ensemble members; the two epistemic terms count only while exploring (training; a deterministic
+prediction exploits), and λ_nov is in units of the spread of the first (random warm-up) rewards. With a ``terminal_value`` ``V`` (e.g. :class:`eqagent.value.EPValueFunction`) the
 pragmatic term also counts what lies past the horizon: ``− γ^H alive_H · V(ô_H)``. With a ``preference`` (an
 energy over observations, lower = preferred) the pragmatic term is ``−Σ γ^t alive_t · (−preference(ô_{t+1}))``
 (and the reward value is not used). The planner returns the first action of the best sequence and the world
@@ -54,6 +56,12 @@ class PlannerConfig:
             rewards seen, ``max(0, mean reward per step) · horizon`` (ending an episode forfeits at least the
             per-step reward for the rest of the horizon; 0 where rewards are costs, e.g. −1 per step).
         epistemic_weight: λ_epi, weight of the ensemble disagreement (exploration bonus).
+        novelty_weight: Weight of the imagined states' novelty (distance, in normalised units, to the nearest
+            visited state: :meth:`EPWorldModel.novelty`), counted per imagined step like a reward, in units of the
+            standard deviation of the first rewards seen, i.e. under the random warm-up (λ_nov = novelty_weight ·
+            σ_r, ``EPWorldModel.first_reward_norm``: scale-free, and a sparse reward found later does not inflate
+            it; an env whose rewards never vary, e.g. CartPole's +1, gets no novelty drive). Used only while
+            exploring (training), not by deterministic predictions.
         smoothing: Weight of the old distribution when refitting (0: none).
         min_std: Floor of the Gaussian std (Box actions, in units of the action range).
         replan_every: Search at least every this many steps; in between, an env whose last step the world model
@@ -69,6 +77,7 @@ class PlannerConfig:
     discount: float = 0.99
     termination_penalty: float | None = 10.0
     epistemic_weight: float = 0.0
+    novelty_weight: float = 3.0
     smoothing: float = 0.1
     min_std: float = 0.05
     replan_every: int = 1
@@ -85,8 +94,10 @@ class PlannerConfig:
         if not 0 <= self.smoothing < 1:
             raise ValueError(f"smoothing must lie in [0, 1), got {self.smoothing}")
         penalty = 0.0 if self.termination_penalty is None else self.termination_penalty
-        if penalty < 0 or self.epistemic_weight < 0 or not 0 < self.min_std <= 1:
-            raise ValueError("termination_penalty and epistemic_weight must be >= 0, min_std in (0, 1]")
+        if penalty < 0 or self.epistemic_weight < 0 or self.novelty_weight < 0 or not 0 < self.min_std <= 1:
+            raise ValueError(
+                "termination_penalty, epistemic_weight and novelty_weight must be >= 0, min_std in (0, 1]"
+            )
 
 
 @dataclass
@@ -116,11 +127,16 @@ def expected_free_energy(
     preference: Preference | None = None,
     terminal_value: Preference | None = None,
     termination_penalty: float | None = None,
+    novelty: Preference | None = None,
+    novelty_weight: float = 0.0,
+    explore: bool = True,
 ) -> torch.Tensor:
     """``G`` per candidate, shape ``(N,)``, from :meth:`EPWorldModel.imagine`'s output (see the module docstring).
 
     ``termination_penalty`` overrides ``cfg.termination_penalty`` (the planner passes the derived value when the
-    config's is ``None``)."""
+    config's is ``None``). ``novelty`` maps imagined observations ``(N, H, d)`` to their novelty ``(N, H)``,
+    weighted by ``novelty_weight`` (λ_nov in reward units). With ``explore=False`` both exploration terms
+    (disagreement and novelty) are left out."""
     if termination_penalty is None:
         termination_penalty = cfg.termination_penalty
     if termination_penalty is None:
@@ -143,16 +159,24 @@ def expected_free_energy(
     pragmatic = (disc * alive * value).sum(-1).mean(0)
     risk = (disc * alive * term).sum(-1).mean(0)
     epistemic = imagined["disagreement"].mean(-1)
-    return -(pragmatic + tail) + termination_penalty * risk - cfg.epistemic_weight * epistemic
+    g = -(pragmatic + tail) + termination_penalty * risk
+    if not explore:
+        return g
+    g = g - cfg.epistemic_weight * epistemic
+    if novelty is not None and novelty_weight > 0:
+        nov = novelty(imagined["obs"][:, :, 1:].mean(0))  # (N, H): the members' mean imagined states
+        g = g - novelty_weight * (disc * alive.mean(0) * nov).sum(-1)
+    return g
 
 
 class Planner(ABC):
     """Abstract planner.
 
-    Contract: ``plan(obs, state, generator)`` returns a :class:`PlanResult` for a batch of observations ``(E, d)``
-    using only the world model's ``imagine(obs, sequences)`` (whose ``first_out`` is the free-phase output of each
-    sequence's first step). It keeps nothing between calls: ``state`` (``None`` for a cold start) carries the
-    warm start, ``generator`` the randomness. Planners hold no env reference, so agents can swap them.
+    Contract: ``plan(obs, state, generator, explore)`` returns a :class:`PlanResult` for a batch of observations
+    ``(E, d)`` using only the world model's ``imagine(obs, sequences)`` (whose ``first_out`` is the free-phase
+    output of each sequence's first step). It keeps nothing between calls: ``state`` (``None`` for a cold start)
+    carries the warm start, ``generator`` the randomness, ``explore`` whether exploration terms count (training)
+    or not (deterministic predictions). Planners hold no env reference, so agents can swap them.
     """
 
     @abstractmethod
@@ -161,6 +185,7 @@ class Planner(ABC):
         obs: np.ndarray | torch.Tensor,
         state: np.ndarray | None = None,
         generator: torch.Generator | None = None,
+        explore: bool = True,
     ) -> PlanResult: ...
 
 
@@ -187,6 +212,7 @@ class CEMPlanner(Planner):
         self.cfg = config or PlannerConfig()
         self.preference = preference
         self.terminal_value = terminal_value
+        self._explore = True  # set by each plan() call
         n, h = self.wm.act_dim, self.cfg.horizon
         self._enumerate = self.wm.discrete and n**h <= self.cfg.candidates
         if self._enumerate:
@@ -209,6 +235,16 @@ class CEMPlanner(Planner):
         norm = getattr(self.wm, "reward_norm", None)
         rate = float(norm.mean) if norm is not None else 0.0
         return max(0.0, rate) * self.cfg.horizon
+
+    def novelty_weight(self) -> float:
+        """λ_nov in reward units: ``novelty_weight · σ_r``, σ_r the spread of the world model's first rewards
+        (``first_reward_norm``: before anything was learned; 0 for a world model without them)."""
+        norm = getattr(self.wm, "first_reward_norm", None)
+        if not self.cfg.novelty_weight or norm is None or float(norm.count) < 2:
+            return 0.0
+        # without the normaliser's floor: constant rewards give 0
+        sigma = float((norm.m2 / norm.count).sqrt())
+        return self.cfg.novelty_weight * sigma
 
     def _cold_dist(self, e: int) -> torch.Tensor:
         h, n = self.cfg.horizon, self.wm.act_dim
@@ -245,8 +281,9 @@ class CEMPlanner(Planner):
         flat_obs = obs[:, None].expand(e, c, obs.shape[-1]).reshape(e * c, -1)
         imagined = self.wm.imagine(flat_obs, seqs.reshape(e * c, *seqs.shape[2:]))
         g = expected_free_energy(
-            imagined, self.cfg, self.preference, self.terminal_value, self.termination_penalty()
-        )
+            imagined, self.cfg, self.preference, self.terminal_value, self.termination_penalty(),
+            getattr(self.wm, "novelty", None), self.novelty_weight(), self._explore,
+        )  # fmt: skip
         first = imagined["first_out"]
         return g.view(e, c), first.view(first.shape[0], e, c, first.shape[-1])
 
@@ -255,11 +292,14 @@ class CEMPlanner(Planner):
         obs: np.ndarray | torch.Tensor,
         state: np.ndarray | None = None,
         generator: torch.Generator | None = None,
+        explore: bool = True,
     ) -> PlanResult:
         """Plans for observations ``(E, d)`` (or one ``(d,)``) from ``state`` (``(E, state_size)``, as the previous
         call returned it; ``None``: cold). An env whose previous plan is younger than ``replan_every`` steps and
         whose observation the world model did not find surprising (:meth:`~eqagent.world_model.EPWorldModel.
-        unsurprising`) takes the next action of that plan without a search."""
+        unsurprising`) takes the next action of that plan without a search. With ``explore=False`` the
+        exploration terms of G (disagreement, novelty) are left out: the plan exploits what the model knows."""
+        self._explore = bool(explore)
         obs = torch.as_tensor(np.asarray(obs, dtype=np.float32) if not torch.is_tensor(obs) else obs)
         obs = obs.to(self.device, torch.float32).reshape(-1, self.wm.obs_dim)  # (E, d)
         e = obs.shape[0]

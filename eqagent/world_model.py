@@ -61,6 +61,9 @@ class WorldModelConfig:
         shift_cooldown: Steps after a declared shift before another can be declared (while re-learning, the
             surprise stays high; the new physics' replay must not be forgotten again).
         term_weight: Weight of the termination cross-entropy.
+        reward_scale_steps: The first this many rewards make ``first_reward_norm``: the spread of rewards before
+            the agent has learned anything (its random warm-up acts then), the unit of the planner's novelty
+            drive. Later rewards do not change it: a sparse reward, once found, does not inflate exploration.
         seed: Random seed (initialisation and replay sampling).
         imagine_backend: How imagined rollouts run: ``auto`` (the fused Triton rollout of
             :mod:`eqagent.kernels.triton_imagine` on CUDA when Triton is installed and the net has two hidden
@@ -84,6 +87,7 @@ class WorldModelConfig:
     shift_window: int = 100
     shift_cooldown: int = 1000
     term_weight: float = 1.0
+    reward_scale_steps: int = 100
     seed: int = 0
     imagine_backend: str = "auto"
 
@@ -109,6 +113,8 @@ class WorldModelConfig:
             raise ValueError(
                 f"term_weight must be >= 0 and shift_z > 0, got {self.term_weight}, {self.shift_z}"
             )
+        if self.reward_scale_steps < 1:
+            raise ValueError(f"reward_scale_steps must be >= 1, got {self.reward_scale_steps}")
         if self.shift_window < 1 or self.shift_cooldown < 0:
             raise ValueError(
                 f"shift_window must be >= 1 and shift_cooldown >= 0, got {self.shift_window}, {self.shift_cooldown}"
@@ -165,6 +171,7 @@ class EPWorldModel(nn.Module):
         self.obs_norm = RunningNormalizer(self.obs_dim)
         self.delta_norm = RunningNormalizer(self.obs_dim)
         self.reward_norm = RunningNormalizer(1)
+        self.first_reward_norm = RunningNormalizer(1)
         self.to(self.device)
         self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=cfg.lr, fused=True)
         self.ep = EPConfig(beta=cfg.beta, symmetric=True, free_steps=0, nudged_steps=cfg.settle_steps)
@@ -267,6 +274,21 @@ class EPWorldModel(nn.Module):
         }
 
     @torch.no_grad()
+    @torch.no_grad()
+    def novelty(self, obs: torch.Tensor, references: int = 256) -> torch.Tensor:
+        """How far observations ``(..., d)`` lie from what the agent has visited: the distance, in normalised
+        units, to the nearest of ``references`` visited observations (evenly spaced over the replay, so the
+        result is a function of the replay, not of a random draw). A state-visitation novelty: large where the
+        model has no data, 0 before anything is stored."""
+        n = self.replay.size
+        if n == 0:
+            return torch.zeros(obs.shape[:-1], dtype=obs.dtype, device=obs.device)
+        idx = np.unique(np.linspace(0, n - 1, min(n, references)).round().astype(np.int64))
+        ref = torch.from_numpy(self.replay.obs[idx]).to(obs.device, obs.dtype)
+        ref = self.obs_norm.normalize(ref)  # (K, d)
+        x = self.obs_norm.normalize(obs).reshape(-1, obs.shape[-1])  # (P, d)
+        return torch.cdist(x, ref).amin(-1).reshape(obs.shape[:-1])
+
     def imagine(self, obs, action_sequences) -> dict[str, torch.Tensor]:
         """Rolls every member forward from ``obs`` along each action sequence (one batched pass per step).
 
@@ -365,6 +387,9 @@ class EPWorldModel(nn.Module):
         self.obs_norm.update(o)
         self.delta_norm.update(no - o)
         self.reward_norm.update(torch.as_tensor(r, device=self.device)[:, None])
+        room = self.config.reward_scale_steps - int(self.first_reward_norm.count)
+        if room > 0:
+            self.first_reward_norm.update(torch.as_tensor(r, device=self.device)[:room, None])
         self.observed += e
         gates, surprises = [], []
         for err in errors:

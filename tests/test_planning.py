@@ -152,3 +152,55 @@ def test_plan_reuse_when_unsurprised_and_at_most_replan_every():
     assert not fourth.reused[0] and Calm.calls > searches  # replan_every reached: a search
     again = planner.plan(np.array([0.2]), third.state, torch.Generator().manual_seed(1))
     assert np.array_equal(again.state, fourth.state)  # a pure function of its inputs
+
+
+def test_novelty_term_counts_only_while_exploring():
+    cfg = PlannerConfig(discount=1.0, termination_penalty=0.0, epistemic_weight=0.5)
+    im = _imagined(2, 3, 4, reward=1.0)
+    im["obs"][:, 1, 1:] = 2.0  # candidate 1 goes where nothing was visited
+    im["disagreement"][2] = 1.0
+    novelty = lambda obs: obs[..., 0].abs()  # noqa: E731  (N, H, d) -> (N, H)
+    g = expected_free_energy(im, cfg, novelty=novelty, novelty_weight=0.25)
+    assert g.tolist() == pytest.approx([-4.0, -4.0 - 0.25 * 4 * 2.0, -4.0 - 0.5])
+    exploit = expected_free_energy(im, cfg, novelty=novelty, novelty_weight=0.25, explore=False)
+    assert exploit.tolist() == pytest.approx([-4.0, -4.0, -4.0])
+
+
+def test_world_model_novelty_is_the_distance_to_the_nearest_visited_state():
+    env = gym.make("Pendulum-v1")
+    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(hidden=(8,), members=2))
+    far = torch.tensor([[0.0, 0.0, 5.0]])
+    assert float(wm.novelty(far)[0]) == 0.0  # nothing visited yet
+    obs, _ = env.reset(seed=0)
+    for _ in range(120):
+        a = env.action_space.sample()
+        nxt, r, term, trunc, _ = env.step(a)
+        wm.observe(obs, a, nxt, r, term)
+        obs = nxt
+    visited = torch.from_numpy(wm.replay.obs[:10])
+    # all 120 visited states are references (cdist's matmul form: ~1e-3 of rounding)
+    torch.testing.assert_close(wm.novelty(visited), torch.zeros(10), atol=1e-2, rtol=0)
+    ref = wm.obs_norm.normalize(torch.from_numpy(wm.replay.obs[: wm.replay.size]))
+    expected = torch.cdist(wm.obs_norm.normalize(far), ref).amin()
+    assert float(wm.novelty(far)[0]) == pytest.approx(float(expected), abs=1e-2)
+    assert wm.novelty(far.expand(2, 3, 3)).shape == (2, 3)
+    # the planner weighs it in units of the rewards' spread (0 while rewards never varied)
+    planner = CEMPlanner(wm, PlannerConfig(novelty_weight=2.0))
+    first = wm.first_reward_norm
+    assert float(first.count) == 100  # the first reward_scale_steps rewards only
+    sigma = float((first.m2 / first.count).sqrt())
+    assert planner.novelty_weight() == pytest.approx(2.0 * sigma) and sigma > 0
+    assert CEMPlanner(wm, PlannerConfig(novelty_weight=0.0)).novelty_weight() == 0.0
+
+
+def test_constant_rewards_give_no_novelty_drive():
+    env = gym.make("CartPole-v1")  # +1 every step
+    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(hidden=(8,), members=2))
+    obs, _ = env.reset(seed=0)
+    for _ in range(30):
+        a = env.action_space.sample()
+        nxt, r, term, trunc, _ = env.step(a)
+        wm.observe(obs, a, nxt, r, term)
+        obs = nxt if not (term or trunc) else env.reset()[0]
+    planner = CEMPlanner(wm, PlannerConfig())
+    assert planner.cfg.novelty_weight > 0 and planner.novelty_weight() == 0.0
