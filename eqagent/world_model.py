@@ -274,7 +274,6 @@ class EPWorldModel(nn.Module):
         }
 
     @torch.no_grad()
-    @torch.no_grad()
     def novelty(self, obs: torch.Tensor, references: int = 256) -> torch.Tensor:
         """How far observations ``(..., d)`` lie from what the agent has visited: the distance, in normalised
         units, to the nearest of ``references`` visited observations (evenly spaced over the replay, so the
@@ -289,6 +288,7 @@ class EPWorldModel(nn.Module):
         x = self.obs_norm.normalize(obs).reshape(-1, obs.shape[-1])  # (P, d)
         return torch.cdist(x, ref).amin(-1).reshape(obs.shape[:-1])
 
+    @torch.no_grad()
     def imagine(self, obs, action_sequences) -> dict[str, torch.Tensor]:
         """Rolls every member forward from ``obs`` along each action sequence (one batched pass per step).
 
