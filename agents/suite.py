@@ -25,7 +25,7 @@ import json
 import math
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
@@ -69,7 +69,10 @@ class SuiteConfig:
         budget_scale: Multiplies every budget, EP's and SB3's (at least one evaluation period; 1 for the
             figures, e.g. 0.1 for a quick look).
         sb3: Also train the SB3 algorithms (``--no-sb3``: the EP agent only, ``sb3_*`` null).
-        sb3_cache: Folder of cached SB3 runs (empty: none); written and reused.
+        ep: Also train the EP agent (``--no-ep``: the SB3 runs only, ``ep_*`` null — e.g. to fill
+            ``--sb3-cache`` ahead of the EP runs).
+        sb3_cache: Folder of cached SB3 runs (empty: none); reused, and each fresh SB3 run is written to it as
+            soon as it finishes (an interrupted suite keeps the runs it completed).
         out: Folder of the outputs.
         tensorboard_log: Root of the TensorBoard runs (empty: none; also ``--logdir``).
         workers: Parallel processes (0: one per CPU core).
@@ -82,6 +85,7 @@ class SuiteConfig:
     n_eval_episodes: int = field(default=10, metadata={"aliases": ("--eval-episodes",)})
     budget_scale: float = 1.0
     sb3: bool = True
+    ep: bool = True
     sb3_cache: str = ""
     out: str = "suite"
     tensorboard_log: str = field(default="", metadata={"aliases": ("--logdir",)})
@@ -94,6 +98,8 @@ class SuiteConfig:
             raise ValueError("seeds and n_eval_episodes must be >= 1, workers >= 0")
         if not (math.isfinite(self.budget_scale) and self.budget_scale > 0):
             raise ValueError(f"budget_scale must be a positive number, got {self.budget_scale}")
+        if not (self.sb3 or self.ep):
+            raise ValueError("nothing to run: --no-sb3 and --no-ep together")
         if self.backend not in ("process", "ray"):
             raise ValueError(f"backend must be 'process' or 'ray', got {self.backend!r}")
 
@@ -134,7 +140,7 @@ def _jobs(cfg: SuiteConfig) -> list[dict[str, Any]]:
     jobs = []
     for env_id in cfg.env_list():
         spec = SUITE[env_id]
-        algos = [("ep", spec.ep_budget)] + (
+        algos = ([("ep", spec.ep_budget)] if cfg.ep else []) + (
             [(a, sb3_budget(a, env_id)) for a in sb3_algos(env_id)] if cfg.sb3 else []
         )
         for algo, full in algos:
@@ -179,14 +185,14 @@ def run_suite(cfg: SuiteConfig) -> dict[str, Any]:
                 continue
         todo.append((job, path))
     t0 = time.perf_counter()
-    fresh = _execute(cfg, [j for j, _ in todo], cfg_dict)
-    for (_, path), run in zip(todo, fresh):
+
+    def finished(i: int, run: dict) -> None:  # each fresh SB3 run is cached as soon as it finishes
         run["cached"] = False
+        path = todo[i][1]
         if path is not None:
-            tmp = path.with_suffix(".tmp")
-            tmp.write_text(json.dumps(run, default=float))
-            os.replace(tmp, path)
-        runs.append(run)
+            _write_atomic(path, json.dumps(run, default=float))
+
+    runs.extend(_execute(cfg, [j for j, _ in todo], cfg_dict, finished))
     result = {"envs": {env_id: _env_figures(env_id, [r for r in runs if r["env"] == env_id])
                        for env_id in cfg.env_list()},
               "seeds": cfg.seeds, "seconds": time.perf_counter() - t0}  # fmt: skip
@@ -197,16 +203,36 @@ def run_suite(cfg: SuiteConfig) -> dict[str, Any]:
     return result
 
 
-def _execute(cfg: SuiteConfig, jobs: list[dict], cfg_dict: dict) -> list[dict]:
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_suffix(".tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _execute(cfg: SuiteConfig, jobs: list[dict], cfg_dict: dict, finished) -> list[dict]:
+    """Runs the jobs; ``finished(i, run)`` is called in the driver as each one completes. Returns the runs in job
+    order."""
     if not jobs:
         return []
     if cfg.backend == "ray":
         from eqagent.agents.cluster import run_tasks
 
-        return run_tasks(_run_job, [(j, cfg_dict) for j in jobs], cfg.address, cfg.workers)
+        runs = run_tasks(_run_job, [(j, cfg_dict) for j in jobs], cfg.address, cfg.workers)
+        for i, run in enumerate(runs):
+            finished(i, run)
+        return runs
     workers = min(len(jobs), cfg.workers or os.cpu_count() or 1)
+    out: list = [None] * len(jobs)
     with ProcessPoolExecutor(max_workers=workers, mp_context=get_context("spawn")) as pool:
-        return list(pool.map(_run_job, jobs, [cfg_dict] * len(jobs)))
+        futures = {pool.submit(_run_job, job, cfg_dict): i for i, job in enumerate(jobs)}
+        for future in as_completed(futures):
+            i = futures[future]
+            out[i] = future.result()
+            finished(i, out[i])
+    return out
 
 
 def _env_figures(env_id: str, runs: list[dict]) -> dict[str, Any]:

@@ -42,11 +42,23 @@ class RunningNormalizer(nn.Module):
         var = self.m2 / self.count.clamp_min(1.0)
         return var.sqrt().clamp_min(self.min_std)
 
+    def moments(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mean, std)`` cast to ``dtype``, cached until the statistics change (their tensor versions are the
+        key: an update or a loaded state bumps them), so the many normalisations per env step cost one op each."""
+        key = (self.count._version, self.mean._version, self.m2._version, self.mean.data_ptr(), dtype)
+        cache = self.__dict__.get("_moments")
+        if cache is None or cache[0] != key:
+            cache = (key, self.mean.to(dtype), self.std.to(dtype))
+            self.__dict__["_moments"] = cache
+        return cache[1], cache[2]
+
     def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        return (x - self.mean.to(x.dtype)) / self.std.to(x.dtype)
+        mean, std = self.moments(x.dtype)
+        return (x - mean) / std
 
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
-        return x * self.std.to(x.dtype) + self.mean.to(x.dtype)
+        mean, std = self.moments(x.dtype)
+        return x * std + mean
 
 
 class ReplayBuffer:

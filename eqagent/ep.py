@@ -131,8 +131,10 @@ def nudged_phase(
     target: torch.Tensor,
     beta: float | torch.Tensor,
     config: EPConfig | None = None,
+    checked: bool = False,
 ) -> RelaxResult:
-    """Relaxes ``E + βC`` from the free equilibrium with the input still clamped."""
+    """Relaxes ``E + βC`` from the free equilibrium with the input still clamped (``checked``: the states are an
+    equilibrium :func:`free_phase` just returned, already checked for NaN/inf and blow-up)."""
     cfg = config or EPConfig()
     return settle(
         net,
@@ -145,6 +147,7 @@ def nudged_phase(
         mode=cfg.mode,
         tol=cfg.tol,
         eps=cfg.eps,
+        check_start=not checked,
     )
 
 
@@ -178,14 +181,16 @@ def ep_gradients(
     if cfg.symmetric and getattr(net, "stack_phases", False):  # +β and −β relaxed as one batch
         b = s0[0].shape[-2]
         signs = torch.cat([torch.full((b, 1), beta), torch.full((b, 1), -beta)]).to(s0[-1])
-        both = nudged_phase(net, cost, net.stacked(s0, 2), torch.cat([target, target], dim=-2), signs, cfg)
+        both = nudged_phase(
+            net, cost, net.stacked(s0, 2), torch.cat([target, target], dim=-2), signs, cfg, True
+        )
         halves = [(s[..., :b, :], s[..., b:, :]) for s in both.states]
         plus = RelaxResult([s0[0]] + [p for p, _ in halves[1:]], both.steps, both.converged, both.residual)
         minus = RelaxResult([s0[0]] + [m for _, m in halves[1:]], both.steps, both.converged, both.residual)
-        grads = {p: g / (2 * beta) for p, g in net.stacked_grad_diff(both.states, b).items()}
+        grads = net.stacked_grad_diff(both.states, b, 1.0 / (2 * beta))
     else:
-        plus = nudged_phase(net, cost, s0, target, beta, cfg)
-        minus = nudged_phase(net, cost, s0, target, -beta, cfg) if cfg.symmetric else None
+        plus = nudged_phase(net, cost, s0, target, beta, cfg, True)
+        minus = nudged_phase(net, cost, s0, target, -beta, cfg, True) if cfg.symmetric else None
     nudged = [plus]
     if cfg.symmetric:
         nudged.append(minus)

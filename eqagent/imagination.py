@@ -4,8 +4,9 @@ Each imagined step is the energy's free phase (:func:`eqagent.energy.propagate`)
 parameter update (exact algebra, float rounding aside):
 
 * the first layer's action part and bias are precomputed for all steps at once;
-* ``tanh(p) = 2σ(2p) − 1``: hidden layers carry ``u = σ(2p)`` and the affine ``2u − 1`` is folded into the next
-  layer's weights (σ is several times cheaper than tanh on CPU);
+* for the fused Triton kernel (sigmoid and ReLU units only), ``tanh(p) = 2σ(2p) − 1``: hidden layers carry
+  ``u = σ(2p)`` and the affine ``2u − 1`` is folded into the next layer's weights; the torch loop applies the net's
+  own activation (torch's tanh is 2–3× cheaper than its sigmoid on today's CPUs);
 * the output's Δobs columns are mapped to normalised-observation units, ``Δz = (σ_Δ·out + μ_Δ) / σ_obs``, so the
   state update is one add.
 
@@ -23,6 +24,12 @@ from eqagent.energy import propagate
 
 __all__ = ["Imagination"]
 
+_UNITS = {
+    "tanh": torch.tanh_,
+    "sigmoid": torch.sigmoid_,
+    "relu": torch.relu_,
+}  # in place: the loop owns its temporaries
+
 
 class Imagination:
     """Folded weights of a world model and its rollout; the fold is rebuilt when a parameter or a normaliser
@@ -31,27 +38,35 @@ class Imagination:
     def __init__(self, world_model) -> None:
         self.wm = world_model
         self._key: tuple | None = None
-        self._fold: tuple | None = None
+        self._folds: dict[str, tuple] = {}
         self.last_backend: str | None = None  # what the last rollout ran on ("torch" or "triton")
 
-    def _current(self) -> tuple:
+    def _current(self, unit: str | None = None) -> tuple:
+        """The weights for a step loop whose hidden units are ``unit`` (default: the net's own activation;
+        ``"sigmoid"`` for a tanh net: the fold)."""
         wm = self.wm
+        unit = unit or wm.config.activation
         tensors = (*wm.energy.parameters(), *wm.obs_norm.buffers(), *wm.delta_norm.buffers())
         key = tuple(t._version for t in tensors) + tuple(id(t) for t in wm.energy.parameters())
         if key != self._key:
-            self._key, self._fold = key, self._fold_weights()
-        return self._fold
+            self._key, self._folds = key, {}
+        if unit not in self._folds:
+            self._folds[unit] = self._fold_weights(unit)
+        return self._folds[unit]
 
-    def _fold_weights(self) -> tuple:
+    def _fold_weights(self, unit: str) -> tuple:
         wm = self.wm
         d = wm.obs_dim
         ws = [w.detach() for w in wm.energy.weights]
         bs = [b.detach().unsqueeze(-2) for b in wm.energy.biases]  # (M, 1, n)
         act = wm.config.activation
-        if act == "tanh":
-            gain, a, c, squash = 2.0, 2.0, -1.0, torch.sigmoid
+        if act == "tanh" and unit == "sigmoid":  # tanh(p) = 2σ(2p) − 1
+            gain, a, c = 2.0, 2.0, -1.0
+        elif unit == act:
+            gain, a, c = 1.0, 1.0, 0.0
         else:
-            gain, a, c, squash = 1.0, 1.0, 0.0, (torch.relu if act == "relu" else torch.sigmoid)
+            raise ValueError(f"a {act} world model cannot be imagined with {unit} units")
+        squash = _UNITS[unit]
         w1 = ws[0]  # (M, d + A, K1)
         w1a = (gain * w1[:, d:], gain * bs[0])
         rest: list = []
@@ -59,9 +74,10 @@ class Imagination:
             rest.append((gain * a * w, gain * (b + c * w.sum(-2, keepdim=True))))
         w_l, b_l = ws[-1], bs[-1]
         w_out, b_out = a * w_l, b_l + c * w_l.sum(-2, keepdim=True)
-        o_std = wm.obs_norm.std.float()
-        out_scale = wm.delta_norm.std.float() / o_std  # (d,)
-        out_shift = wm.delta_norm.mean.float() / o_std
+        o_std = wm.obs_norm.moments()[1]
+        d_mean, d_std = wm.delta_norm.moments()
+        out_scale = d_std / o_std  # (d,)
+        out_shift = d_mean / o_std
         w_out = torch.cat([w_out[..., :d] * out_scale, w_out[..., d:]], -1)
         b_out = torch.cat([b_out[..., :d] * out_scale + out_shift, b_out[..., d:]], -1)
         rest.append((w_out.contiguous(), b_out))
@@ -90,39 +106,42 @@ class Imagination:
         """Imagines from observations ``(N, d)`` along encoded action sequences ``(N, H, A)``; returns
         :meth:`~eqagent.world_model.EPWorldModel.imagine`'s dict."""
         wm = self.wm
-        w1a, w1, rest, out_scale, out_shift, squash = self._current()
         n, h, a = enc.shape
-        m, d = w1.shape[0], wm.obs_dim
-        act_pre = torch.baddbmm(w1a[1], enc.transpose(0, 1).reshape(1, h * n, a).expand(m, -1, -1), w1a[0])
-        act_pre = act_pre.view(
-            m, h, n, -1
-        )  # (M, H, N, K1): the first layer's action part and bias, every step
-        o_mean, o_std = wm.obs_norm.mean.float(), wm.obs_norm.std.float()
+        m, d = wm.config.members, wm.obs_dim
+        o_mean, o_std = wm.obs_norm.moments()
         z = ((obs - o_mean) / o_std).unsqueeze(0).expand(m, n, d).contiguous()  # (M, N, d) normalised state
+
+        def prepare(unit: str | None) -> tuple:
+            w1a, w1, rest, _, _, squash = self._current(unit)
+            act_pre = torch.baddbmm(
+                w1a[1], enc.transpose(0, 1).reshape(1, h * n, a).expand(m, -1, -1), w1a[0]
+            )
+            # (M, H, N, K1): the first layer's action part and bias, every step
+            return act_pre.view(m, h, n, -1), w1, rest, squash
+
+        def loop() -> tuple:
+            act_pre, w1, rest, squash = prepare(None)
+            return self._loop(z, act_pre, w1, rest, squash)
+
         backend = self.backend(obs.device)
-        if backend == "torch":
-            zs, outs = self._loop(z, act_pre, w1, rest, squash)
-        else:
+        if backend != "torch":
             from eqagent.kernels import triton_imagine
 
-            (w2, b2), (w3, b3) = rest
             unit = "relu" if wm.config.activation == "relu" else "sigmoid"
-            fused = lambda: triton_imagine.fused_rollout(z, act_pre, w1, w2, b2, w3, b3, unit)  # noqa: E731
+
+            def fused() -> tuple:
+                act_pre, w1, ((w2, b2), (w3, b3)), _ = prepare(unit)
+                return triton_imagine.fused_rollout(z, act_pre, w1, w2, b2, w3, b3, unit)
+
             if backend == "autotune":
                 from eqagent.kernels.autotune import AUTOTUNER
 
-                key = (
-                    "imagine",
-                    tuple(act_pre.shape),
-                    d,
-                    tuple(w2.shape[1:]),
-                    wm.out_dim,
-                    unit,
-                    str(obs.device),
-                )
-                loop = lambda: self._loop(z, act_pre, w1, rest, squash)  # noqa: E731
+                k2 = wm.config.hidden[-1]
+                key = ("imagine", (m, h, n, wm.config.hidden[0]), d, (wm.config.hidden[0], k2), wm.out_dim, unit,
+                       str(obs.device))  # fmt: skip
                 backend = AUTOTUNER.choose(key, {"torch": loop, "triton": fused})
-            zs, outs = fused() if backend == "triton" else self._loop(z, act_pre, w1, rest, squash)
+        zs, outs = fused() if backend == "triton" else loop()
+        out_scale, out_shift = self._current()[3:5]
         self.last_backend = backend
         raw_dz = (outs[..., :d] - out_shift) / out_scale  # (H, M, N, d): the energy's normalised Δobs output
         spread = ((raw_dz - raw_dz.mean(1, keepdim=True)) ** 2).mean((1, 3))  # (H, N): variance over members
@@ -141,16 +160,18 @@ class Imagination:
         reward, term logit])."""
         m, n, d = z.shape
         h = act_pre.shape[1]
-        zs = torch.empty(m, n, h + 1, d, device=z.device, dtype=z.dtype)
+        zs = torch.empty(
+            h + 1, m, n, d, device=z.device, dtype=z.dtype
+        )  # time-major: one contiguous slab per step
         outs = torch.empty(h, m, n, rest[-1][0].shape[-1], device=z.device, dtype=z.dtype)
-        zs[:, :, 0] = z
+        zs[0] = z
         last = len(rest) + 1
+        z_t, out_t, act_t, dz_t = zs.unbind(0), outs.unbind(0), act_pre.unbind(1), outs[..., :d].unbind(0)
 
         def activate(l: int, pre: torch.Tensor) -> torch.Tensor:
             return pre if l == last else squash(pre)
 
         for t in range(h):  # one imagined step = the energy's free phase with the folded weights
-            outs[t] = propagate(z.clamp(-10, 10), [(w1, act_pre[:, t]), *rest], activate)  # (M, N, d + 2)
-            z = z + outs[t, ..., :d]
-            zs[:, :, t + 1] = z
-        return zs, outs
+            propagate(z_t[t].clamp(-10, 10), [(w1, act_t[t]), *rest], activate, out=out_t[t])  # (M, N, d + 2)
+            torch.add(z_t[t], dz_t[t], out=z_t[t + 1])
+        return zs.permute(1, 2, 0, 3), outs

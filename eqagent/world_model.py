@@ -255,7 +255,7 @@ class EPWorldModel(nn.Module):
         gate = self.gate
         if gate.steps <= gate.config.warmup:
             return torch.zeros(obs.shape[0], dtype=torch.bool, device=obs.device)
-        err = (((obs - predicted) / self.delta_norm.std.to(obs.dtype)) ** 2).mean(-1)
+        err = (((obs - predicted) / self.delta_norm.moments(obs.dtype)[1]) ** 2).mean(-1)
         z = (torch.log(err + gate.config.eps) - gate.mean) / max(gate.var, 1e-12) ** 0.5
         return z < (gate.config.z_open if z_max is None else z_max)
 

@@ -111,18 +111,24 @@ def test_suite_runs_ep_and_sb3_with_held_steps_and_reuses_the_sb3_cache(tmp_path
     out, cache = tmp_path / "out", tmp_path / "cache"
     argv = ["suite", "--envs", "CartPole-v1", "--seeds", "1", "--budget-scale", "0.001", "--eval-episodes", "1",
             "--sb3-cache", str(cache), "--out", str(out), "--workers", "2", "--json"]  # fmt: skip
+    # --no-ep fills the cache with the SB3 runs alone, each written as it finishes
+    assert main([*argv[:-1], "--no-ep", "--json"]) == 0
+    sb3_only = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["envs"]["CartPole-v1"]
+    assert set(sb3_only["algos"]) == {"ppo", "dqn"} and sb3_only["ep_steps"] is None
+    assert not any(a["cached"] for a in sb3_only["algos"].values())
+    assert len(list(cache.glob("*.json"))) == 2 and not list(cache.glob("*.tmp"))
     assert main(argv) == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     row = result["envs"]["CartPole-v1"]
     assert set(row["algos"]) == {"ep", "ppo", "dqn"} and row["sb3_algo"] in ("ppo", "dqn")
+    assert (
+        all(row["algos"][a]["cached"] for a in ("ppo", "dqn")) and row["sb3_final"] == sb3_only["sb3_final"]
+    )
     assert row["threshold"] == 475 and all(a["budget"] == 500 for a in row["algos"].values())
     # 500 steps hold 475 nowhere: SB3 counts as holding it at its budget, EP's figure is null
     assert row["sb3_steps"] == 500 and row["sb3_reached"] is False and row["ep_steps"] is None
     assert len(list(cache.glob("*.json"))) == 2 and (out / "suite_curves.png").stat().st_size > 1000
     assert "| CartPole-v1 | 475 |" in (out / "suite.md").read_text()
-    # the second suite reuses the cached SB3 runs (same evaluations), and trains only the EP agent
-    assert main([*argv[:-1], "--json"]) == 0
-    again = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["envs"]["CartPole-v1"]
-    assert all(again["algos"][a]["cached"] for a in ("ppo", "dqn")) and not again["algos"]["ep"]["cached"]
-    assert again["sb3_final"] == row["sb3_final"]
+    assert not row["algos"]["ep"]["cached"]  # the EP agent is never cached
     assert main(["suite", "--envs", "Nope-v0", "--out", str(out)]) == 2
+    assert main(["suite", "--no-ep", "--no-sb3", "--out", str(out)]) == 2

@@ -24,15 +24,18 @@ __all__ = ["EnsembleMLPEnergy", "PredictionErrorEnergy", "propagate"]
 Layer = tuple[torch.Tensor, "torch.Tensor | None"]
 
 
-def affine(h: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None) -> torch.Tensor:
-    """``h A + b`` in one kernel: ``baddbmm`` for ensembles ``(M, B, n)``, ``addmm`` for single nets."""
+def affine(
+    h: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``h A + b`` in one kernel: ``baddbmm`` for ensembles ``(M, B, n)``, ``addmm`` for single nets (written into
+    ``out`` when given)."""
     if b is None:
-        return h @ a
+        return torch.matmul(h, a, out=out)
     if h.dim() == 3 and a.dim() == 3:
-        return torch.baddbmm(b, h, a)
+        return torch.baddbmm(b, h, a, out=out)
     if h.dim() == 2 and a.dim() == 2:
-        return torch.addmm(b, h, a)
-    return torch.matmul(h, a) + b
+        return torch.addmm(b, h, a, out=out)
+    return torch.add(torch.matmul(h, a), b, out=out)
 
 
 def propagate(
@@ -40,6 +43,7 @@ def propagate(
     layers: Sequence[Layer],
     activate: Callable[[int, torch.Tensor], torch.Tensor],
     keep: bool = False,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor | list[tuple[torch.Tensor, torch.Tensor | None]]:
     """The family's forward computation: ``h_l = act_l(h_{l−1} A_l + b_l)`` for ``l = 1 … L``.
 
@@ -49,10 +53,13 @@ def propagate(
             pre-activation (``([M,] 1, n_l)``, or one row per sample) or ``None``.
         activate: ``activate(l, pre) → h_l``.
         keep: Return ``(h_l, pre_l)`` for every layer (``(input, None)`` first) instead of the output only.
+        out: Where the last layer's pre-activation is written (e.g. a slice of a preallocated rollout buffer);
+            with a linear last layer (``activate`` returning its argument) the output lands there.
     """
     kept: list[tuple[torch.Tensor, torch.Tensor | None]] = [(h, None)]
+    last = len(layers)
     for l, (a, b) in enumerate(layers, 1):
-        pre = affine(h, a, b)
+        pre = affine(h, a, b, out if l == last else None)
         h = activate(l, pre)
         if keep:
             kept.append((h, pre))
@@ -260,21 +267,26 @@ class PredictionErrorEnergy(LayeredEnergy):
         eb, db = (ea, da) if all(x is y for x, y in zip(a, b)) else self.errors(b)
         return self._grad_diff(a, b, ea, da, eb, db)
 
-    def stacked_grad_diff(self, states: Sequence[torch.Tensor], b: int) -> dict[nn.Parameter, torch.Tensor]:
-        """:meth:`energy_param_grad_diff` of the two halves (rows ``:b`` and ``b:``) of stacked states whose input
-        is the same in both halves: the prediction errors of both are computed in one pass."""
+    def stacked_grad_diff(
+        self, states: Sequence[torch.Tensor], b: int, scale: float = 1.0
+    ) -> dict[nn.Parameter, torch.Tensor]:
+        """``scale`` × :meth:`energy_param_grad_diff` of the two halves (rows ``:b`` and ``b:``) of stacked states
+        ``(…, 2b, n)``: one signed pass over all ``2b`` rows (row weights ``−scale/b`` for the first half and
+        ``+scale/b`` for the second), so each layer's rule is one matmul and one sum for both halves."""
         es, ds = self.errors(states)
-
-        def half(ts: Sequence, rows: slice) -> list:  # layers 1 … L; index 0 is left to the caller
-            return [None if t is None else t[..., rows, :] for t in ts[1:]]
-
-        first, second = slice(None, b), slice(b, None)
-        x = states[0][..., first, :]  # one tensor for both halves: the clamped input's term is computed once
-        a, bb = [x, *half(states, first)], [x, *half(states, second)]
-        e_a, d_a, e_b, d_b = (
-            [None, *half(t, r)] for t, r in ((es, first), (ds, first), (es, second), (ds, second))
-        )
-        return self._grad_diff(a, bb, e_a, d_a, e_b, d_b)
+        rows = states[0].shape[-2]
+        if rows != 2 * b:
+            raise ValueError(f"stacked states must hold 2 × {b} rows, got {rows}")
+        w = scale / b
+        signs = torch.cat(
+            [states[0].new_full((b, 1), -w), states[0].new_full((b, 1), w)]
+        )  # (2b, 1): −(a-terms) + (b-terms), the rule's minus sign and the batch mean folded in
+        out: dict[nn.Parameter, torch.Tensor] = {}
+        for l in range(1, self.num_layers):
+            g = es[l] * signs if ds[l] is None else es[l] * ds[l] * signs  # (…, 2b, n_l)
+            gw = states[l - 1].transpose(-1, -2) @ g  # (…, n_{l−1}, n_l)
+            out.update(self._param_grads(l, gw, g.sum(-2)))
+        return out
 
     def _grad_diff(self, a, b, ea, da, eb, db) -> dict[nn.Parameter, torch.Tensor]:
         """The local rule from both states' prediction errors ``e`` and derivatives ``d`` (index 0 unused)."""
