@@ -36,6 +36,8 @@ class ValueConfig:
     Attributes:
         hidden: Hidden layer sizes.
         members: Ensemble members (each sees its own bootstrapped batch; the value is their mean).
+        pessimism: ``V = mean − pessimism · std`` over the members: lower where they disagree, i.e. where the
+            value has little data (0: the mean; needs ``members`` > 1 to act).
         discount: γ of the value (use the planner's).
         lr: Adam learning rate.
         beta: EP nudging strength.
@@ -53,6 +55,7 @@ class ValueConfig:
 
     hidden: tuple[int, ...] = (64, 64)
     members: int = 1
+    pessimism: float = 0.0
     discount: float = 0.99
     lr: float = 1e-3
     beta: float = 0.01
@@ -78,6 +81,8 @@ class ValueConfig:
             raise ValueError(
                 f"recent must be >= 0 and terminal_fraction in [0, 1), got {self.recent}, {self.terminal_fraction}"
             )
+        if self.pessimism < 0:
+            raise ValueError(f"pessimism must be >= 0, got {self.pessimism}")
         if self.members < 1 or self.batch_size < 1 or len(self.hidden) < 1:
             raise ValueError("members and batch_size must be >= 1 and hidden must list a layer")
 
@@ -121,10 +126,16 @@ class EPValueFunction(nn.Module):
 
     @torch.no_grad()
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
-        """``V`` in reward units for observations ``(..., d)`` → ``(...)`` (the members' mean)."""
+        """``V`` in reward units for observations ``(..., d)`` → ``(...)`` (the members' mean, less ``pessimism`` times
+        their spread)."""
         lead = obs.shape[:-1]
         x = self._input(obs.reshape(-1, obs.shape[-1]))
-        return self.energy(x).mean(0)[:, 0].reshape(lead) * self._scale()  # the free phase = the forward pass
+        v = self.energy(x)[..., 0]  # (M, B): the free phase = the forward pass
+        if self.config.pessimism and v.shape[0] > 1:
+            out = v.mean(0) - self.config.pessimism * v.std(0, unbiased=False)
+        else:
+            out = v.mean(0)
+        return out.reshape(lead) * self._scale()
 
     def update(self) -> float:
         """One EP step on a replayed minibatch per member with TD(0) targets; returns the mean squared TD error."""

@@ -208,6 +208,14 @@ def test_value_forward_is_the_energy_free_phase():
     obs = torch.randn(3, 7, 4)
     ref = v.energy(v._input(obs.reshape(-1, 4))).mean(0)[:, 0].reshape(3, 7) * v._scale()
     torch.testing.assert_close(v(obs), ref)
+    # pessimism: the members' mean less k times their spread (lower where they disagree)
+    members = v.energy(v._input(obs.reshape(-1, 4)))[..., 0]  # (M, B)
+    v.config.pessimism = 2.0
+    want = (members.mean(0) - 2.0 * members.std(0, unbiased=False)).reshape(3, 7) * v._scale()
+    torch.testing.assert_close(v(obs), want)
+    assert bool((v(obs) <= ref + 1e-6).all())
+    with pytest.raises(ValueError, match="pessimism"):
+        ValueConfig(pessimism=-1.0)
 
 
 def test_one_nudged_step_gives_the_backprop_gradient():
