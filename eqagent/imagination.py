@@ -6,7 +6,7 @@ parameter update (exact algebra, float rounding aside):
 * the first layer's action part and bias are precomputed for all steps at once;
 * for the fused Triton kernel (sigmoid and ReLU units only), ``tanh(p) = 2σ(2p) − 1``: hidden layers carry
   ``u = σ(2p)`` and the affine ``2u − 1`` is folded into the next layer's weights; the torch loop applies the net's
-  own activation (torch's tanh is 2–3× cheaper than its sigmoid on today's CPUs);
+  own activation (torch's tanh is cheaper than its sigmoid on this project's CPU: 11.6 vs 14.5 µs on (5, 128, 64));
 * the output's Δobs columns are mapped to normalised-observation units, ``Δz = (σ_Δ·out + μ_Δ) / σ_obs``, so the
   state update is one add.
 

@@ -145,10 +145,8 @@ def settle(
     s = list(states)  # clamped layers are shared, never written; free layers are replaced, not mutated
     for l in free:
         s[l] = net.project(l, s[l])
-    if check_start:
-        _check_finite(
-            s, free, blowup, 0
-        )  # a bad warm start is refused, not relaxed into finite-looking states
+    if check_start:  # a bad warm start is refused, not relaxed into finite-looking states
+        _check_finite(s, free, blowup, 0)
     ctx = net.relax_context(s, clamp_set)
     residual = float("nan")
     converged = False
@@ -163,8 +161,8 @@ def settle(
         if tol > 0 and residual < tol:
             converged = True
             break
-    if (t and not tol > 0) or not (
-        t or check_start
-    ):  # (with tol > 0 every step was checked, with no step the start)
+    # the final states, unless already checked: with tol > 0 every step was; with no step taken, the start was
+    already_checked = (t > 0 and tol > 0) or (t == 0 and check_start)
+    if not already_checked:
         _check_finite(s, free, blowup, t)
     return RelaxResult(states=s, steps=t, converged=converged, residual=residual)
