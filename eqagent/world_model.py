@@ -188,22 +188,29 @@ class EPWorldModel(nn.Module):
     # ------------------------------------------------------------------ encoding
     def encode_action(self, action) -> torch.Tensor:
         """One-hot (Discrete) or scaled to [−1, 1] (Box); shape ``(..., act_dim)``."""
-        a = action if torch.is_tensor(action) else torch.as_tensor(np.asarray(action))
-        a = a.to(self.device)
         if self.discrete:
-            if a.is_floating_point():
-                a = a.round()
-            a = a.long()
-            if a.numel() and (int(a.min()) < 0 or int(a.max()) >= self.act_dim):
-                raise ValueError(
-                    f"discrete actions must lie in [0, {self.act_dim}), got {a.flatten()[:5].tolist()}"
-                )
-            return nn.functional.one_hot(a, self.act_dim).float()
-        a = a.float()
+            return nn.functional.one_hot(self.action_indices(action), self.act_dim).float()
+        a = action if torch.is_tensor(action) else torch.as_tensor(np.asarray(action))
+        a = a.to(self.device).float()
         if a.shape[-1] != self.act_dim:
             raise ValueError(f"Box actions must have last dimension {self.act_dim}, got {tuple(a.shape)}")
         a = torch.maximum(torch.minimum(a, self.act_high), self.act_low)
         return 2 * (a - self.act_low) / (self.act_high - self.act_low).clamp_min(1e-8) - 1
+
+    def action_indices(self, action) -> torch.Tensor:
+        """Discrete actions as int64 indices on the model's device (``ValueError`` outside ``[0, n)``)."""
+        a = action if torch.is_tensor(action) else torch.as_tensor(np.asarray(action))
+        a = a.to(self.device)
+        if a.is_floating_point():
+            a = a.round()
+        a = a.long()
+        if a.numel():
+            lo, hi = torch.aminmax(a)
+            if int(lo) < 0 or int(hi) >= self.act_dim:
+                raise ValueError(
+                    f"discrete actions must lie in [0, {self.act_dim}), got {a.flatten()[:5].tolist()}"
+                )
+        return a
 
     def _check_obs(self, obs) -> torch.Tensor:
         o = obs if torch.is_tensor(obs) else torch.as_tensor(np.asarray(obs, dtype=np.float32))
@@ -315,7 +322,8 @@ class EPWorldModel(nn.Module):
         if seq.dim() < 2:
             raise ValueError(f"action_sequences must be (N, H) or (N, H, act_dim), got {tuple(seq.shape)}")
         n = seq.shape[0]
-        enc = self.encode_action(seq)  # (N, H, A)
+        # (N, H) indices (the rollout picks rows of a per-action table) or (N, H, A) encoded actions
+        enc = self.action_indices(seq) if self.discrete else self.encode_action(seq)
         o = self._check_obs(obs)
         o = o.expand(n, self.obs_dim) if o.dim() == 1 else o
         if o.shape != (n, self.obs_dim):
