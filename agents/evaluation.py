@@ -18,11 +18,20 @@ from __future__ import annotations
 
 import math
 import os
+import shutil
+import tempfile
 import time
+import weakref
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import Future, ProcessPoolExecutor
+from multiprocessing import get_context
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
+from stable_baselines3.common.evaluation import evaluate_policy
 
 __all__ = ["EvalHistoryCallback", "ProgressBar", "format_steps", "median_steps", "plot_curves", "summarize"]
 
@@ -66,11 +75,20 @@ class EvalHistoryCallback(EvalCallback):
             one and ``log_path`` / ``best_model_save_path`` are not given).
         budget: Stop training once this many env steps are done, evaluating at most up to it (SB3 algorithms
             collect whole rollouts and would overrun a budget); ``None``: the ``learn`` call's own.
+        background: A picklable factory of the evaluation env (e.g. ``functools.partial(make_eval_env, id,
+            seed)``, building the same env as ``eval_env``): evaluate in one background process while training
+            goes on. Each evaluation is of a snapshot of the model at its step (``model.save``, loaded by the
+            worker with ``type(model).load``), on the worker's env, built once and kept across evaluations as
+            ``eval_env`` would be: the same episodes and scores as in-line. Results are recorded as they arrive
+            (history, ``evaluations.npz``, ``eval/*`` logged at the snapshot's step, the best model); training waits
+            for the pending ones at its end. ``callback_on_new_best`` / ``callback_after_eval`` run when a result
+            arrives, so a stop they ask for comes later than in-line. ``None``: evaluate in-line (SB3's way).
         **kwargs: Passed to ``EvalCallback`` (``log_path``, ``best_model_save_path``, ``callback_on_new_best``...).
     """
 
     def __init__(self, eval_env, eval_every: int, n_eval_episodes: int = 10, evaluate_at_start: bool = True,
-                 files_to_run_dir: bool = False, budget: int | None = None, **kwargs: Any) -> None:  # fmt: skip
+                 files_to_run_dir: bool = False, budget: int | None = None,
+                 background: Callable[[], Any] | None = None, **kwargs: Any) -> None:  # fmt: skip
         if eval_every < 1 or n_eval_episodes < 1:
             raise ValueError(
                 f"eval_every and n_eval_episodes must be >= 1, got {eval_every}, {n_eval_episodes}"
@@ -86,6 +104,10 @@ class EvalHistoryCallback(EvalCallback):
         self._next = eval_every
         self._episode = 0
         self._rewards: list[float] = []
+        self.background = background
+        self._pool: ProcessPoolExecutor | None = None
+        self._pending: deque[tuple[dict[str, Any], Path, Future]] = deque()
+        self._snapshots: Path | None = None
 
     def _init_callback(self) -> None:
         folder = self.logger.get_dir() if self.files_to_run_dir else None
@@ -111,6 +133,8 @@ class EvalHistoryCallback(EvalCallback):
             bar.note(f"evaluating: episode {self._episode + 1}/{self.n_eval_episodes}")
 
     def _evaluate(self) -> bool:
+        if self.background is not None:
+            return self._submit()
         t0 = time.perf_counter()
         trained = self.train_seconds(t0)  # before this evaluation's own time is counted
         self._episode, self._rewards = 0, []
@@ -130,6 +154,92 @@ class EvalHistoryCallback(EvalCallback):
         })  # fmt: skip
         return cont
 
+    # ------------------------------------------------------------------ background evaluation
+    def _submit(self) -> bool:
+        """Saves a snapshot of the model and queues its evaluation in the background process."""
+        t0 = time.perf_counter()
+        entry = {
+            "step": int(self.num_timesteps),
+            "learned": self._learned(),
+            "train_seconds": self.train_seconds(t0),
+        }
+        if self._pool is None:
+            self._snapshots = Path(tempfile.mkdtemp(prefix="eqagent-eval-"))
+            self._pool = ProcessPoolExecutor(
+                max_workers=1,
+                mp_context=get_context("spawn"),
+                initializer=_worker_init,
+                initargs=(self.background,),
+            )
+            weakref.finalize(self, _close_pool, self._pool, self._snapshots)
+        written = self.model.save(self._snapshots / f"step_{entry['step']}")
+        file = Path(written) if written else self._snapshots / f"step_{entry['step']}.zip"  # SB3's save: None
+        future = self._pool.submit(_worker_evaluate, type(self.model), str(file), self.n_eval_episodes)
+        self._pending.append((entry, file, future))
+        self.eval_seconds += time.perf_counter() - t0
+        return self._collect(block=False)
+
+    def _collect(self, block: bool) -> bool:
+        """Records the finished evaluations in order (all pending ones when ``block``); ``False`` if a callback
+        asked to stop training."""
+        cont = True
+        t0 = time.perf_counter()
+        bar = getattr(self.model, "_progress", None)
+        if block and self._pending and bar is not None:
+            bar.note(f"waiting for {len(self._pending)} background evaluation(s)")
+        while self._pending and (block or self._pending[0][2].done()):
+            entry, file, future = self._pending.popleft()
+            rewards, lengths = future.result()
+            cont = self._record(entry, file, rewards, lengths) and cont
+        if block:
+            self.eval_seconds += time.perf_counter() - t0
+        return cont
+
+    def _record(self, entry: dict[str, Any], file: Path, rewards: list[float], lengths: list[int]) -> bool:
+        """What SB3's ``EvalCallback`` does after an evaluation, for a snapshot's result."""
+        step = entry["step"]
+        if self.log_path is not None:
+            self.evaluations_timesteps.append(step)
+            self.evaluations_results.append(rewards)
+            self.evaluations_length.append(lengths)
+            np.savez(self.log_path, timesteps=self.evaluations_timesteps, results=self.evaluations_results,
+                     ep_lengths=self.evaluations_length)  # fmt: skip
+        mean_reward = float(np.mean(rewards))
+        self.last_mean_reward = mean_reward
+        logger = self.logger  # logged at the snapshot's step, without what training has recorded since
+        pending = [dict(d) for d in (logger.name_to_value, logger.name_to_count, logger.name_to_excluded)]
+        for d in (logger.name_to_value, logger.name_to_count, logger.name_to_excluded):
+            d.clear()
+        logger.record("eval/mean_reward", mean_reward)
+        logger.record("eval/mean_ep_length", float(np.mean(lengths)))
+        logger.record("time/total_timesteps", step, exclude="tensorboard")
+        logger.dump(step)
+        for d, saved in zip((logger.name_to_value, logger.name_to_count, logger.name_to_excluded), pending):
+            d.update(saved)
+        cont = True
+        if mean_reward > self.best_mean_reward:
+            if self.best_model_save_path is not None:
+                best = Path(self.best_model_save_path) / ("best_model" + file.suffix)
+                tmp = best.with_name(best.name + ".tmp")
+                shutil.copyfile(file, tmp)
+                os.replace(tmp, best)
+            self.best_mean_reward = mean_reward
+            if self.callback_on_new_best is not None:
+                cont = self.callback_on_new_best.on_step()
+        if self.callback is not None:
+            cont = cont and self._on_event()
+        file.unlink(missing_ok=True)
+        self.history.append({"step": step, "mean": mean_reward, "std": float(np.std(rewards)),
+                             "learned": entry["learned"], "train_seconds": entry["train_seconds"]})  # fmt: skip
+        return cont
+
+    def _on_training_end(self) -> None:
+        if self.background is not None and self._pool is not None:
+            self._collect(block=True)
+            _close_pool(self._pool, self._snapshots)
+            self._pool = None
+        super()._on_training_end()
+
     def train_seconds(self, now: float | None = None) -> float:
         """Seconds spent training so far (evaluations excluded)."""
         now = time.perf_counter() if now is None else now
@@ -144,11 +254,44 @@ class EvalHistoryCallback(EvalCallback):
 
     def _on_step(self) -> bool:
         over = self.budget is not None and self.num_timesteps >= self.budget
+        if self._pending and not self._collect(block=False):
+            return False
         if self.num_timesteps < self._next or (self.budget is not None and self._next > self.budget):
             return not over
         while self._next <= self.num_timesteps:
             self._next += self.eval_every
         return self._evaluate() and not over
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _worker_init(make_env: Callable[[], Any]) -> None:
+    """The background evaluator's process: one torch thread, its own evaluation env (kept across evaluations)."""
+    import torch
+
+    torch.set_num_threads(1)
+    _WORKER["env"] = make_env()
+
+
+def _worker_evaluate(cls: type, file: str, n_episodes: int) -> tuple[list[float], list[int]]:
+    """Loads a snapshot and evaluates it as ``EvalCallback`` does (deterministic episodes)."""
+    model = cls.load(file)
+    rewards, lengths = evaluate_policy(
+        model,
+        _WORKER["env"],
+        n_eval_episodes=n_episodes,
+        deterministic=True,
+        return_episode_rewards=True,
+        warn=False,
+    )
+    return [float(r) for r in rewards], [int(n) for n in lengths]
+
+
+def _close_pool(pool: ProcessPoolExecutor, folder: Path | None) -> None:
+    pool.shutdown(wait=False, cancel_futures=True)
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def summarize(history: list[dict[str, Any]], threshold: float | None) -> dict[str, Any]:

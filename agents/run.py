@@ -4,8 +4,10 @@
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import gymnasium as gym
@@ -51,6 +53,9 @@ class RunConfig:
         tensorboard_log: Root of TensorBoard runs (empty: none); the run's config, evaluations, best model and
             learning-curve PNG go to its run folder.
         progress_bar: Show a progress bar.
+        eval_background: Evaluate in a background process while training goes on (snapshots of the agent, the
+            same episodes and scores as in-line evaluation; it uses a second core, and training then defaults to
+            one thread fewer than the cores).
         threads: torch CPU threads (0: default).
         set: Agent config overrides ``FIELD=VALUE`` (e.g. ``planner.horizon=25 world_model.lr=3e-4``).
         config: A JSON/YAML file of agent config fields (``--set`` applies on top).
@@ -68,6 +73,7 @@ class RunConfig:
     n_eval_episodes: int = field(default=10, metadata={"aliases": ("--eval-episodes",)})
     tensorboard_log: str = "runs"
     progress_bar: bool = False
+    eval_background: bool = True
     threads: int = 0
     set: tuple[str, ...] = ()
     config: str = ""
@@ -98,10 +104,12 @@ def plot_curve(history: list[dict], threshold: float | None, path: Path, title: 
 
 def run_agent(cfg: RunConfig) -> dict:
     """Trains (or continues) an agent with periodic evaluation; returns the run's figures."""
-    if cfg.threads:
-        import torch
+    import torch
 
+    if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    elif cfg.eval_background:  # leave a core to the evaluator
+        torch.set_num_threads(max(1, (os.cpu_count() or 2) - 1))
     check_env_id(cfg.env)
     env = gym.make_vec(cfg.env, cfg.n_envs, vectorization_mode="sync") if cfg.n_envs > 1 else cfg.env
     log = cfg.tensorboard_log or None
@@ -114,9 +122,9 @@ def run_agent(cfg: RunConfig) -> dict:
             overrides["preference"] = cfg.preference
         agent = EPAgent(env, tensorboard_log=log, seed=cfg.seed, device=cfg.device, **overrides)
     threshold = reward_threshold(cfg.env)
-    eval_cb = EvalHistoryCallback(
-        make_eval_env(cfg.env, cfg.seed), cfg.eval_freq, cfg.n_eval_episodes, files_to_run_dir=True
-    )
+    background = partial(make_eval_env, cfg.env, cfg.seed) if cfg.eval_background else None
+    eval_cb = EvalHistoryCallback(make_eval_env(cfg.env, cfg.seed), cfg.eval_freq, cfg.n_eval_episodes,
+                                  files_to_run_dir=True, background=background)  # fmt: skip
     start = agent.num_timesteps
     t0 = time.perf_counter()
     agent.learn(cfg.total_timesteps, callback=eval_cb, progress_bar=cfg.progress_bar, tb_log_name=f"EPAgent_{cfg.env.replace('/', '_')}",

@@ -234,3 +234,27 @@ def test_default_agent_learns_an_env_with_odd_scales():
     action, _ = agent.predict(np.array([[900.0]], np.float32), deterministic=True)
     assert agent.action_space.contains(action[0])
     assert after > before + 300, (before, after)  # per-step reward ×100, 30-step episodes
+
+
+def test_background_evaluation_scores_as_in_line(tmp_path):
+    """Snapshots evaluated in a background process: the same episodes and scores, the same files."""
+    from functools import partial
+
+    from eqagent.agents.evaluation import EvalHistoryCallback
+    from eqagent.agents.run import make_eval_env
+
+    env_id, histories = "eqagent/LineWorld-v0", {}
+    for background in (False, True):
+        agent = EPAgent(env_id, seed=0, tensorboard_log=str(tmp_path / str(background)), **TINY)
+        factory = partial(make_eval_env, env_id, 0) if background else None
+        cb = EvalHistoryCallback(make_eval_env(env_id, 0), 30, 3, files_to_run_dir=True, background=factory)
+        agent.learn(90, callback=cb)
+        histories[background] = [(e["step"], e["mean"], e["std"], e["learned"]) for e in cb.history]
+        run = Path(agent.logger.get_dir())
+        assert np.load(run / "evaluations.npz")["timesteps"].tolist() == [0, 30, 60, 90]
+        assert (run / "best_model.safetensors").exists()
+        assert "eval/mean_reward" in (run / "progress.csv").read_text().splitlines()[0]
+        if background:
+            assert not cb._snapshots.exists()  # the snapshots are removed
+    assert histories[True] == histories[False]
+    assert [h[3] for h in histories[True]] == [False, True, True, True]
