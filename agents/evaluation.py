@@ -236,7 +236,7 @@ class EvalHistoryCallback(EvalCallback):
     def _on_training_end(self) -> None:
         if self.background is not None and self._pool is not None:
             self._collect(block=True)
-            _close_pool(self._pool, self._snapshots)
+            _close_pool(self._pool, self._snapshots, wait=True)
             self._pool = None
         super()._on_training_end()
 
@@ -288,8 +288,10 @@ def _worker_evaluate(cls: type, file: str, n_episodes: int) -> tuple[list[float]
     return [float(r) for r in rewards], [int(n) for n in lengths]
 
 
-def _close_pool(pool: ProcessPoolExecutor, folder: Path | None) -> None:
-    pool.shutdown(wait=False, cancel_futures=True)
+def _close_pool(pool: ProcessPoolExecutor, folder: Path | None, wait: bool = False) -> None:
+    """Stops the worker (``wait``: until it has exited; else queued evaluations are cancelled) and removes the
+    snapshots' folder."""
+    pool.shutdown(wait=wait, cancel_futures=True)
     if folder is not None:
         shutil.rmtree(folder, ignore_errors=True)
 
