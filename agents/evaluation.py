@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from stable_baselines3.common.callbacks import BaseCallback, EvalCallback
 from stable_baselines3.common.evaluation import evaluate_policy
 
@@ -169,7 +170,10 @@ class EvalHistoryCallback(EvalCallback):
                 max_workers=1,
                 mp_context=get_context("spawn"),
                 initializer=_worker_init,
-                initargs=(self.background,),
+                initargs=(
+                    self.background,
+                    torch.get_num_threads(),
+                ),  # the threads in-line evaluation would use
             )
             weakref.finalize(self, _close_pool, self._pool, self._snapshots)
         written = self.model.save(self._snapshots / f"step_{entry['step']}")
@@ -266,11 +270,10 @@ class EvalHistoryCallback(EvalCallback):
 _WORKER: dict[str, Any] = {}
 
 
-def _worker_init(make_env: Callable[[], Any]) -> None:
-    """The background evaluator's process: one torch thread, its own evaluation env (kept across evaluations)."""
-    import torch
-
-    torch.set_num_threads(1)
+def _worker_init(make_env: Callable[[], Any], threads: int) -> None:
+    """The background evaluator's process: the training process's torch threads (so its float rounding is that of
+    in-line evaluation), its own evaluation env (kept across evaluations)."""
+    torch.set_num_threads(threads)
     _WORKER["env"] = make_env()
 
 
