@@ -27,6 +27,7 @@ from torch import nn
 
 from eqagent.costs import Cost
 from eqagent.energy import EnergyNet, LayeredEnergy
+from eqagent.energy.base import row_signs
 from eqagent.relax import RelaxationDiverged, RelaxResult, settle
 
 __all__ = [
@@ -115,12 +116,11 @@ def free_phase(
         states: Optional warm start (e.g. the previous equilibrium); its layer 0 is replaced by ``x``.
     """
     cfg = config or EPConfig()
-    x = net.check_layer(0, x, "input")
     if states is None:
-        init = net.feedforward(x)
+        init = net.feedforward(x)  # checks the input (the contract of ``feedforward``)
     else:
         init = [net.check_layer(l, s, "warm-start state") for l, s in enumerate(states)]
-        init[0] = x
+        init[0] = net.check_layer(0, x, "input")
     return settle(net, init, clamped=(0,), steps=cfg.free_steps, mode=cfg.mode, tol=cfg.tol, eps=cfg.eps)
 
 
@@ -180,7 +180,7 @@ def ep_gradients(
     beta = cfg.beta
     if cfg.symmetric and getattr(net, "stack_phases", False):  # +β and −β relaxed as one batch
         b = s0[0].shape[-2]
-        signs = torch.cat([torch.full((b, 1), beta), torch.full((b, 1), -beta)]).to(s0[-1])
+        signs = row_signs(b, beta, s0[-1])  # (2b, 1): +β for the first half, −β for the second
         both = nudged_phase(
             net, cost, net.stacked(s0, 2), torch.cat([target, target], dim=-2), signs, cfg, True
         )
@@ -205,9 +205,9 @@ def ep_gradients(
     else:
         grads = {p: g / beta for p, g in net.energy_param_grad_diff(plus.states, s0).items()}
         grads.update(cost.param_grads(plus.states[-1], target))
-    if not bool(
-        torch.isfinite(torch.stack(torch._foreach_norm(list(grads.values())))).all()
-    ):  # one check for all
+    # one check for all, one host sync: the sum of every entry is finite only if each is (an overflowing sum of
+    # finite entries, beyond 3e38, is treated as a divergence too)
+    if not math.isfinite(float(torch.cat([g.reshape(-1) for g in grads.values()]).sum())):
         raise RelaxationDiverged("EP gradient estimate is not finite; weights left untouched")
     loss = float(cost.value(s0[-1], target).mean())
     return EPStep(grads=grads, free=free, nudged=nudged, loss=loss, output=cost.output(s0[-1]).detach())

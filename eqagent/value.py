@@ -21,8 +21,10 @@ import numpy as np
 import torch
 from torch import nn
 
+from eqagent.adam import FusedAdam
 from eqagent.costs import MSECost
 from eqagent.energy import EnsembleMLPEnergy
+from eqagent.energy.prediction_error import propagate
 from eqagent.ep import EPConfig, ep_gradients
 from eqagent.validation import check_finite_fields
 
@@ -106,7 +108,10 @@ class EPValueFunction(nn.Module):
         self.energy.to(world_model.device)
         self.target = copy.deepcopy(self.energy).requires_grad_(False)
         self.cost = MSECost()
-        self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=cfg.lr, fused=True)
+        self.optimizer = FusedAdam(self.energy.parameters(), lr=cfg.lr)
+        self._params, self._target_params = list(self.energy.parameters()), list(self.target.parameters())
+        # (replay key, indices of its terminal transitions)
+        self._terminals: tuple[tuple, np.ndarray] | None = None
         self.ep = EPConfig(beta=cfg.beta, symmetric=True, free_steps=0, nudged_steps=cfg.settle_steps)
         self.rng = np.random.default_rng(cfg.seed + 7919)
         self.updates = 0
@@ -150,20 +155,30 @@ class EPValueFunction(nn.Module):
         idx = idx if window is None else window[idx]
         k = round(cfg.terminal_fraction * b)
         if k:
-            terms = wm.replay.term
-            terminals = np.flatnonzero(terms[:n]) if window is None else window[terms[window] > 0]
+            terminals = self._terminal_indices(window)
             if len(terminals):
                 idx[:, :k] = terminals[self.rng.integers(0, len(terminals), size=(cfg.members, k))]
         o, _, no, r, t = (torch.from_numpy(v).to(wm.device) for v in wm.replay.sample(idx))
         with torch.no_grad():
-            boot = self.target(self._input(no))[..., 0]  # (M, B)
+            x = self._input(torch.stack([o, no]))  # (2, M, B, d): both ends normalised in one pass
+            # the target copy's forward pass on replayed (finite) observations
+            boot = propagate(x[1], self.target.layers(), self.target._act_value)[..., 0]  # (M, B)
             y = ((1 - cfg.discount) * r / self._kappa() + cfg.discount * (1 - t) * boot)[..., None]
-        self.optimizer.zero_grad(set_to_none=True)
-        step = ep_gradients(self.energy, self.cost, self._input(o), y, self.ep)
-        for p, g in step.grads.items():
-            p.grad = g
-        self.optimizer.step()
+        step = ep_gradients(self.energy, self.cost, x[0], y, self.ep)
+        self.optimizer.step([step.grads[p] for p in self._params])
         with torch.no_grad():
-            torch._foreach_lerp_(list(self.target.parameters()), list(self.energy.parameters()), cfg.tau)
+            torch._foreach_lerp_(self._target_params, self._params, cfg.tau)
         self.updates += 1
         return float(step.loss)
+
+    def _terminal_indices(self, window: np.ndarray | None) -> np.ndarray:
+        """Replay indices of the terminal transitions (of ``window``, or of the whole replay), found once per
+        replay state: the replay changes once per env step, the value updates several times."""
+        wm = self.wm[0]
+        replay = wm.replay
+        key = (wm.observed, replay.pos, replay.size, None if window is None else len(window))
+        if self._terminals is None or self._terminals[0] != key:
+            terms = replay.term
+            found = np.flatnonzero(terms[: replay.size]) if window is None else window[terms[window] > 0]
+            self._terminals = (key, found)
+        return self._terminals[1]

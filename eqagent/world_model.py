@@ -23,6 +23,7 @@ import torch
 from gymnasium import spaces
 from torch import nn
 
+from eqagent.adam import FusedAdam
 from eqagent.buffers import ReplayBuffer, RunningNormalizer
 from eqagent.costs import WorldModelCost
 from eqagent.energy import EnsembleMLPEnergy
@@ -173,7 +174,8 @@ class EPWorldModel(nn.Module):
         self.reward_norm = RunningNormalizer(1)
         self.first_reward_norm = RunningNormalizer(1)
         self.to(self.device)
-        self.optimizer = torch.optim.Adam(self.energy.parameters(), lr=cfg.lr, fused=True)
+        self.optimizer = FusedAdam(self.energy.parameters(), lr=cfg.lr)
+        self._params = list(self.energy.parameters())
         self.ep = EPConfig(beta=cfg.beta, symmetric=True, free_steps=0, nudged_steps=cfg.settle_steps)
         self.gate = SurpriseGate(cfg.gate_config)
         self.replay = ReplayBuffer(cfg.replay_size, self.obs_dim, self.act_dim)
@@ -449,20 +451,16 @@ class EPWorldModel(nn.Module):
         o, a, no, r, t = (torch.from_numpy(v).to(self.device) for v in self.replay.sample(idx))
         x = self.model_input(o, a)  # (M, B, in)
         y = self._targets(o, no, r, t)
-        for group in self.optimizer.param_groups:
-            group["lr"] = cfg.lr * lr_scale
-        self.optimizer.zero_grad(set_to_none=True)
         if cfg.learner == "ep":
             step = ep_gradients(self.energy, self.cost, x, y, self.ep)
-            for p, g in step.grads.items():
-                p.grad = g  # each member's slice: the gradient of its own batch-mean cost
+            grads = [step.grads[p] for p in self._params]  # each member's slice: its own batch-mean cost's
             loss = step.loss
         else:
             out = self.energy(x)
             lossv = self.cost.value(out, self.cost.check_target(y, out)).mean(-1).sum()
-            lossv.backward()
+            grads = torch.autograd.grad(lossv, self._params)
             loss = float(lossv.detach()) / m
-        self.optimizer.step()
+        self.optimizer.step(grads, lr_scale)
         self.updates += 1
         return loss
 

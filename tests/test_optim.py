@@ -184,3 +184,28 @@ def test_cuda_tensors():
     opt = recommended(model)
     x, y = _batch()
     opt.step(x=x.cuda(), target=y.cuda())
+
+
+def test_fused_adam_writes_torch_adams_weights():
+    """FusedAdam (the world model's and the value's optimizer) is torch.optim.Adam's arithmetic, bit for bit,
+    with a learning-rate scale per step."""
+    from eqagent.adam import FusedAdam
+
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(2, 3, 4), (2, 4), (2, 4, 1)]
+    a = [nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    b = [nn.Parameter(p.detach().clone()) for p in a]
+    ref = torch.optim.Adam(a, lr=1e-2, fused=True)
+    ours = FusedAdam(b, lr=1e-2)
+    for step in range(5):
+        grads = [torch.randn(s, generator=gen) for s in shapes]
+        scale = 0.5 + step / 4
+        for group in ref.param_groups:
+            group["lr"] = 1e-2 * scale
+        for p, g in zip(a, grads):
+            p.grad = g.clone()
+        ref.step()
+        ours.step(grads, lr_scale=scale)
+    assert all(torch.equal(p, q) for p, q in zip(a, b))
+    with pytest.raises(ValueError, match="expected 3 gradients"):
+        ours.step(grads[:2])

@@ -12,9 +12,25 @@ from torch import nn
 if TYPE_CHECKING:  # costs import the activations of this package: no runtime import cycle
     from eqagent.costs import Cost
 
-__all__ = ["Dynamics", "LayeredEnergy"]
+__all__ = ["Dynamics", "LayeredEnergy", "row_signs"]
 
 MODES = ("fixed_point", "gradient")
+
+
+_ROW_SIGNS: dict[tuple, torch.Tensor] = {}
+
+
+def row_signs(b: int, value: float, like: torch.Tensor) -> torch.Tensor:
+    """The constant column ``[+value] * b + [−value] * b`` ``(2b, 1)`` with ``like``'s dtype and device, made once
+    per (``b``, ``value``, dtype, device) and shared: the per-row strengths (or rule weights) of two stacked
+    phases. Callers must not modify it."""
+    key = (b, value, like.dtype, like.device)
+    out = _ROW_SIGNS.get(key)
+    if out is None:
+        if len(_ROW_SIGNS) >= 256:
+            _ROW_SIGNS.clear()
+        out = _ROW_SIGNS[key] = torch.cat([like.new_full((b, 1), value), like.new_full((b, 1), -value)])
+    return out
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from eqagent.energy.base import Dynamics, LayeredEnergy
+from eqagent.energy.base import Dynamics, LayeredEnergy, row_signs
 
 __all__ = ["EnsembleMLPEnergy", "PredictionErrorEnergy", "propagate"]
 
@@ -277,10 +277,8 @@ class PredictionErrorEnergy(LayeredEnergy):
         rows = states[0].shape[-2]
         if rows != 2 * b:
             raise ValueError(f"stacked states must hold 2 × {b} rows, got {rows}")
-        w = scale / b
-        signs = torch.cat(
-            [states[0].new_full((b, 1), -w), states[0].new_full((b, 1), w)]
-        )  # (2b, 1): −(a-terms) + (b-terms), the rule's minus sign and the batch mean folded in
+        # (2b, 1): −(a-terms) + (b-terms), the rule's minus sign and the batch mean folded in
+        signs = row_signs(b, -(scale / b), states[0])
         out: dict[nn.Parameter, torch.Tensor] = {}
         for l in range(1, self.num_layers):
             g = es[l] * signs if ds[l] is None else es[l] * ds[l] * signs  # (…, 2b, n_l)
