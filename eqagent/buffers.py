@@ -25,6 +25,23 @@ class RunningNormalizer(nn.Module):
         self.register_buffer("m2", torch.zeros(dim, dtype=torch.float64))
 
     def update(self, x: torch.Tensor) -> None:
+        if self.mean.device.type == "cpu":  # the same float64 arithmetic in numpy, on the buffers' memory
+            xs = x.detach().cpu().numpy().astype(np.float64).reshape(-1, self.mean.shape[0])
+            n = xs.shape[0]
+            if n == 0:
+                return
+            count, mean, m2 = float(self.count), self.mean.numpy(), self.m2.numpy()
+            bmean = xs.mean(0)
+            bm2 = ((xs - bmean) ** 2).sum(0)
+            tot = count + n
+            delta = bmean - mean
+            mean += delta * n / tot
+            m2 += bm2 + delta**2 * count * n / tot
+            self.count.fill_(tot)
+            self.__dict__["_stamp"] = (
+                self.__dict__.get("_stamp", 0) + 1
+            )  # numpy writes bump no tensor version
+            return
         x = x.detach().to(torch.float64).reshape(-1, self.mean.shape[0])
         n = x.shape[0]
         if n == 0:
@@ -38,6 +55,13 @@ class RunningNormalizer(nn.Module):
         self.count.fill_(float(tot))
 
     @property
+    def version(self) -> tuple:
+        """Changes whenever the statistics do (an update, a loaded state, an in-place write through torch): the key
+        of values cached from them."""
+        stamp = self.__dict__.get("_stamp", 0)
+        return (stamp, self.count._version, self.mean._version, self.m2._version, self.mean.data_ptr())
+
+    @property
     def std(self) -> torch.Tensor:
         var = self.m2 / self.count.clamp_min(1.0)
         return var.sqrt().clamp_min(self.min_std)
@@ -45,7 +69,7 @@ class RunningNormalizer(nn.Module):
     def moments(self, dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
         """``(mean, std)`` cast to ``dtype``, cached until the statistics change (their tensor versions are the
         key: an update or a loaded state bumps them), so the many normalisations per env step cost one op each."""
-        key = (self.count._version, self.mean._version, self.m2._version, self.mean.data_ptr(), dtype)
+        key = (self.version, dtype)
         cache = self.__dict__.get("_moments")
         if cache is None or cache[0] != key:
             cache = (key, self.mean.to(dtype), self.std.to(dtype))

@@ -19,7 +19,7 @@ do not move under small perturbations and are excluded from ``H``.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -96,9 +96,16 @@ class EPStep:
 
     grads: dict[nn.Parameter, torch.Tensor]
     free: RelaxResult
-    nudged: list[RelaxResult] = field(default_factory=list)
+    nudged_phases: list[RelaxResult] | Callable[[], list[RelaxResult]] = field(default_factory=list)
     loss: float = float("nan")
     output: torch.Tensor | None = None
+
+    @property
+    def nudged(self) -> list[RelaxResult]:
+        """The nudged relaxations (split out of a stacked relaxation on first access)."""
+        if callable(self.nudged_phases):
+            self.nudged_phases = self.nudged_phases()
+        return self.nudged_phases
 
 
 def free_phase(
@@ -184,22 +191,28 @@ def ep_gradients(
         both = nudged_phase(
             net, cost, net.stacked(s0, 2), torch.cat([target, target], dim=-2), signs, cfg, True
         )
-        halves = [(s[..., :b, :], s[..., b:, :]) for s in both.states]
-        plus = RelaxResult([s0[0]] + [p for p, _ in halves[1:]], both.steps, both.converged, both.residual)
-        minus = RelaxResult([s0[0]] + [m for _, m in halves[1:]], both.steps, both.converged, both.residual)
         grads = net.stacked_grad_diff(both.states, b, 1.0 / (2 * beta))
+        out_plus, out_minus = both.states[-1][..., :b, :], both.states[-1][..., b:, :]
+
+        def split() -> list[RelaxResult]:
+            halves = [(s[..., :b, :], s[..., b:, :]) for s in both.states[1:]]
+            meta = (both.steps, both.converged, both.residual)
+            return [RelaxResult([s0[0]] + [h[i] for h in halves], *meta) for i in (0, 1)]
+
+        nudged: list[RelaxResult] | Callable[[], list[RelaxResult]] = split
     else:
         plus = nudged_phase(net, cost, s0, target, beta, cfg, True)
         minus = nudged_phase(net, cost, s0, target, -beta, cfg, True) if cfg.symmetric else None
-    nudged = [plus]
+        nudged = [plus, minus] if cfg.symmetric else [plus]
+        out_plus = plus.states[-1]
+        out_minus = minus.states[-1] if cfg.symmetric else None
     if cfg.symmetric:
-        nudged.append(minus)
         # (1/2β)[∂F/∂θ(s+, β) − ∂F/∂θ(s−, −β)]: energy part from the state difference, cost part averaged.
         if not getattr(net, "stack_phases", False):
             grads = {
                 p: g / (2 * beta) for p, g in net.energy_param_grad_diff(plus.states, minus.states).items()
             }
-        cp, cm = cost.param_grads(plus.states[-1], target), cost.param_grads(minus.states[-1], target)
+        cp, cm = cost.param_grads(out_plus, target), cost.param_grads(out_minus, target)
         for p in cp:
             grads[p] = 0.5 * (cp[p] + cm[p])
     else:
@@ -210,7 +223,9 @@ def ep_gradients(
     if not math.isfinite(float(torch.cat([g.reshape(-1) for g in grads.values()]).sum())):
         raise RelaxationDiverged("EP gradient estimate is not finite; weights left untouched")
     loss = float(cost.value(s0[-1], target).mean())
-    return EPStep(grads=grads, free=free, nudged=nudged, loss=loss, output=cost.output(s0[-1]).detach())
+    return EPStep(
+        grads=grads, free=free, nudged_phases=nudged, loss=loss, output=cost.output(s0[-1]).detach()
+    )
 
 
 def write_grads(grads: dict[nn.Parameter, torch.Tensor], accumulate: bool = False) -> None:

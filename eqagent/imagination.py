@@ -48,8 +48,7 @@ class Imagination:
         unit = unit or wm.config.activation
         params = (*wm.energy._w, *wm.energy._b)  # plain lists: iterating ``parameters()`` costs ~50 µs a call
         on, dn = wm.obs_norm, wm.delta_norm
-        tensors = (*params, on.count, on.mean, on.m2, dn.count, dn.mean, dn.m2)
-        key = tuple(t._version for t in tensors) + tuple(map(id, params))
+        key = (*(t._version for t in params), *map(id, params), on.version, dn.version)
         if key != self._key:
             self._key, self._folds = key, {}
         if unit not in self._folds:

@@ -201,8 +201,15 @@ class EPWorldModel(nn.Module):
 
     def action_indices(self, action) -> torch.Tensor:
         """Discrete actions as int64 indices on the model's device (``ValueError`` outside ``[0, n)``)."""
-        a = action if torch.is_tensor(action) else torch.as_tensor(np.asarray(action))
-        a = a.to(self.device)
+        if not torch.is_tensor(action):  # numpy: checked there, no device round trip
+            arr = np.asarray(action)
+            arr = (arr.round() if arr.dtype.kind == "f" else arr).astype(np.int64)
+            if arr.size and (arr.min() < 0 or arr.max() >= self.act_dim):
+                raise ValueError(
+                    f"discrete actions must lie in [0, {self.act_dim}), got {arr.reshape(-1)[:5].tolist()}"
+                )
+            return torch.from_numpy(arr).to(self.device)
+        a = action.to(self.device)
         if a.is_floating_point():
             a = a.round()
         a = a.long()
@@ -215,8 +222,14 @@ class EPWorldModel(nn.Module):
         return a
 
     def _check_obs(self, obs) -> torch.Tensor:
-        o = obs if torch.is_tensor(obs) else torch.as_tensor(np.asarray(obs, dtype=np.float32))
-        o = o.to(device=self.device, dtype=torch.float32)
+        if not torch.is_tensor(obs):  # numpy: checked there (no host sync), then shared with torch
+            arr = np.asarray(obs, dtype=np.float32)
+            if arr.ndim == 0 or arr.shape[-1] != self.obs_dim:
+                raise ValueError(f"observations must have last dimension {self.obs_dim}, got {arr.shape}")
+            if not np.isfinite(arr).all():
+                raise ValueError("observation contains NaN or inf")
+            return torch.as_tensor(arr, device=self.device)
+        o = obs.to(device=self.device, dtype=torch.float32)
         if o.dim() == 0 or o.shape[-1] != self.obs_dim:
             raise ValueError(f"observations must have last dimension {self.obs_dim}, got {tuple(o.shape)}")
         if not torch.isfinite(o).all():
@@ -350,6 +363,12 @@ class EPWorldModel(nn.Module):
         ``out`` ``(M, B, d + 2)`` vs the real outcome."""
         o = self._check_obs(obs).reshape(-1, self.obs_dim)
         no = self._check_obs(next_obs).reshape(-1, self.obs_dim)
+        return self._prediction_errors(out, o, no, reward)
+
+    def _prediction_errors(
+        self, out: torch.Tensor, o: torch.Tensor, no: torch.Tensor, reward
+    ) -> torch.Tensor:
+        """:meth:`prediction_errors` of checked ``(B, d)`` observations."""
         r = torch.as_tensor(np.asarray(reward), dtype=torch.float32, device=self.device).reshape(-1)
         tgt = self._targets(o, no, r, torch.zeros_like(r))[..., : self.obs_dim + 1]
         pred = out.mean(0)[..., : self.obs_dim + 1]
@@ -390,7 +409,7 @@ class EPWorldModel(nn.Module):
         if prediction is None:
             prediction = self.predict_members(o, action)["out"]
         if self.observed > 0:
-            errors = self.prediction_errors(prediction, o, no, r).cpu().numpy().astype(np.float64)
+            errors = self._prediction_errors(prediction, o, no, r).cpu().numpy().astype(np.float64)
         else:
             errors = np.ones(e)  # nothing seen yet: no statistics to read the error against
         self.replay.add(o.cpu().numpy(), a.cpu().numpy(), no.cpu().numpy(), r, t)

@@ -23,6 +23,8 @@ __all__ = ["EnsembleMLPEnergy", "PredictionErrorEnergy", "propagate"]
 
 Layer = tuple[torch.Tensor, "torch.Tensor | None"]
 
+_UNUSED = torch.zeros(0)  # the input layer's place in per-layer lists (it has no prediction error)
+
 
 def affine(
     h: torch.Tensor, a: torch.Tensor, b: torch.Tensor | None, out: torch.Tensor | None = None
@@ -174,7 +176,8 @@ class PredictionErrorEnergy(LayeredEnergy):
         cached = getattr(self, "_f1_cache", None)
         if cached is None or cached[0] != key or cached[1] is not s0:
             b = self._bias(1)
-            cached = self._f1_cache = (
+            # caches go into __dict__ directly: nn.Module.__setattr__ costs ~10 µs a call
+            cached = self.__dict__["_f1_cache"] = (
                 key,
                 s0,
                 affine(s0, self._in_out(1), None if b is None else b.unsqueeze(-2)),
@@ -186,7 +189,11 @@ class PredictionErrorEnergy(LayeredEnergy):
         out = [torch.cat([s] * copies, dim=-2) for s in states]
         cached = getattr(self, "_f1_cache", None)
         if cached is not None and cached[1] is states[0] and cached[0] == self._f1_key(states[0]):
-            self._f1_cache = (self._f1_key(out[0]), out[0], torch.cat([cached[2]] * copies, dim=-2))
+            self.__dict__["_f1_cache"] = (
+                self._f1_key(out[0]),
+                out[0],
+                torch.cat([cached[2]] * copies, dim=-2),
+            )
         return out
 
     def _fl(self, l: int, states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -197,7 +204,7 @@ class PredictionErrorEnergy(LayeredEnergy):
         """The free equilibrium: :func:`propagate` from the clamped input (every layer's state)."""
         s0 = self.check_layer(0, x, "input")
         kept = propagate(s0, self.layers(), self._act_value, keep=True)
-        self._f1_cache = (self._f1_key(s0), s0, kept[1][1])
+        self.__dict__["_f1_cache"] = (self._f1_key(s0), s0, kept[1][1])
         return [h for h, _ in kept]
 
     def errors(self, states: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
@@ -212,8 +219,8 @@ class PredictionErrorEnergy(LayeredEnergy):
             and all(a is b for a, b in zip(last[0], states))
             and last[3] == self._param_versions()
         ):
-            return [torch.zeros(0), *last[1][1:]], [torch.zeros(0), *last[2][1:]]
-        es, ds = [torch.zeros(0)], [torch.zeros(0)]
+            return [_UNUSED, *last[1][1:]], [_UNUSED, *last[2][1:]]
+        es, ds = [_UNUSED], [_UNUSED]
         for l in range(1, self.num_layers):
             f, d = self._fl(l, states)
             es.append(states[l] - f)
@@ -248,7 +255,7 @@ class PredictionErrorEnergy(LayeredEnergy):
                 s[l] = f + msg[l]
                 ds.append(d)
             # at these states the prediction errors are the messages: kept for errors() (the EP update's next call)
-            self._last_errors = (list(s), msg, ds, self._param_versions())
+            self.__dict__["_last_errors"] = (list(s), msg, ds, self._param_versions())
             return s
         es = [None] + [states[l] - fs[l][0] for l in range(1, L + 1)]
         for l in range(1, L + 1):
