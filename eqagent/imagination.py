@@ -68,16 +68,17 @@ class Imagination:
         else:
             raise ValueError(f"a {act} world model cannot be imagined with {unit} units")
         squash = _UNITS[unit]
+        same = unit == act  # no affine to fold: skip the exact identities (1·w, b + 0·Σw)
         w1 = ws[0]  # (M, d + A, K1)
-        w1a = (gain * w1[:, d:], gain * bs[0])
+        w1a = (w1[:, d:], bs[0]) if same else (gain * w1[:, d:], gain * bs[0])
         # a discrete action's one-hot row picks one row of the action part: the first layer's action part plus
         # bias per action, (M, n, K1) (the same floats as the product: 1·w + 0·w' is exact)
         w1a = (*w1a, w1a[1] + w1a[0]) if wm.discrete else (*w1a, None)
         rest: list = []
         for w, b in zip(ws[1:-1], bs[1:-1]):  # hidden → hidden: input h = a·u + c
-            rest.append((gain * a * w, gain * (b + c * w.sum(-2, keepdim=True))))
+            rest.append((w, b) if same else (gain * a * w, gain * (b + c * w.sum(-2, keepdim=True))))
         w_l, b_l = ws[-1], bs[-1]
-        w_out, b_out = a * w_l, b_l + c * w_l.sum(-2, keepdim=True)
+        w_out, b_out = (w_l, b_l) if same else (a * w_l, b_l + c * w_l.sum(-2, keepdim=True))
         o_std = wm.obs_norm.moments()[1]
         d_mean, d_std = wm.delta_norm.moments()
         out_scale = d_std / o_std  # (d,)
@@ -85,7 +86,7 @@ class Imagination:
         w_out = torch.cat([w_out[..., :d] * out_scale, w_out[..., d:]], -1)
         b_out = torch.cat([b_out[..., :d] * out_scale + out_shift, b_out[..., d:]], -1)
         rest.append((w_out.contiguous(), b_out))
-        return w1a, gain * w1[:, :d].contiguous(), rest, out_scale, out_shift, squash
+        return w1a, (w1[:, :d] if same else gain * w1[:, :d]).contiguous(), rest, out_scale, out_shift, squash
 
     def backend(self, device: torch.device) -> str:
         """``"torch"``, ``"triton"``, or ``"autotune"`` (both can run: the faster at each shape, timed once and
