@@ -120,10 +120,17 @@ class EPValueFunction(nn.Module):
         return self.wm[0].obs_norm.normalize(obs).clamp(-10, 10)
 
     def _kappa(self) -> float:
-        """Root mean square of the rewards seen (at least 1e-3)."""
+        """Root mean square of the rewards seen (at least 1e-3); computed once per state of the reward
+        statistics."""
         rn = self.wm[0].reward_norm
-        var = float((rn.m2 / rn.count.clamp_min(1.0)).item())
-        return max(1e-3, (float(rn.mean.item()) ** 2 + var) ** 0.5)
+        cached = self.__dict__.get("_kappa_cache")
+        if cached is None or cached[0] != rn.version:
+            var = float((rn.m2 / rn.count.clamp_min(1.0)).item())
+            cached = self.__dict__["_kappa_cache"] = (
+                rn.version,
+                max(1e-3, (float(rn.mean.item()) ** 2 + var) ** 0.5),
+            )
+        return cached[1]
 
     def _scale(self) -> float:
         """``κ / (1 − γ)``: network units → reward units."""
@@ -134,8 +141,11 @@ class EPValueFunction(nn.Module):
         """``V`` in reward units for observations ``(..., d)`` → ``(...)`` (the members' mean, less ``pessimism`` times
         their spread)."""
         lead = obs.shape[:-1]
-        x = self._input(obs.reshape(-1, obs.shape[-1]))
-        v = self.energy(x)[..., 0]  # (M, B): the free phase = the forward pass
+        x = self._input(obs.reshape(-1, obs.shape[-1]))  # (B, d)
+        if not torch.isfinite(x).all():
+            raise ValueError("observations for the value contain NaN or inf")
+        x = x.unsqueeze(0).expand(self.config.members, *x.shape)  # (M, B, d): every member sees the batch
+        v = propagate(x, self.energy.layers(), self.energy._act_value)[..., 0]  # (M, B): the free phase
         if self.config.pessimism and v.shape[0] > 1:
             out = v.mean(0) - self.config.pessimism * v.std(0, unbiased=False)
         else:
