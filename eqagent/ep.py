@@ -28,7 +28,7 @@ from torch import nn
 from eqagent.costs import Cost
 from eqagent.energy import EnergyNet, LayeredEnergy
 from eqagent.energy.base import row_signs
-from eqagent.relax import RelaxationDiverged, RelaxResult, settle
+from eqagent.relax import RelaxationDiverged, RelaxResult, check_states, settle
 
 __all__ = [
     "EPConfig",
@@ -90,15 +90,22 @@ class EPStep:
         grads: EP gradient estimate for every trainable parameter of the net and the cost.
         free: The free-phase relaxation.
         nudged: The nudged relaxations (one, or two for symmetric nudging: +β then −β).
-        loss: Batch-mean cost at the free equilibrium (a float).
+        loss: Batch-mean cost at the free equilibrium (a float; computed when first read, so a caller that does
+            not read it pays no host sync for it).
         output: ``cost.output`` at the free equilibrium (e.g. logits), detached.
     """
 
     grads: dict[nn.Parameter, torch.Tensor]
     free: RelaxResult
     nudged_phases: list[RelaxResult] | Callable[[], list[RelaxResult]] = field(default_factory=list)
-    loss: float = float("nan")
+    loss_value: float | Callable[[], float] = float("nan")
     output: torch.Tensor | None = None
+
+    @property
+    def loss(self) -> float:
+        if callable(self.loss_value):
+            self.loss_value = self.loss_value()
+        return self.loss_value
 
     @property
     def nudged(self) -> list[RelaxResult]:
@@ -125,6 +132,9 @@ def free_phase(
     cfg = config or EPConfig()
     if states is None:
         init = net.feedforward(x)  # checks the input (the contract of ``feedforward``)
+        if cfg.free_steps == 0:  # no relaxation: settle would only check the states
+            check_states(init, range(1, len(init)))
+            return RelaxResult(states=init, steps=0, converged=False, residual=float("nan"))
     else:
         init = [net.check_layer(l, s, "warm-start state") for l, s in enumerate(states)]
         init[0] = net.check_layer(0, x, "input")
@@ -222,9 +232,18 @@ def ep_gradients(
     # finite entries, beyond 3e38, is treated as a divergence too)
     if not math.isfinite(float(torch.cat([g.reshape(-1) for g in grads.values()]).sum())):
         raise RelaxationDiverged("EP gradient estimate is not finite; weights left untouched")
-    loss = float(cost.value(s0[-1], target).mean())
+
+    def loss() -> float:
+        return float(cost.value(s0[-1], target).mean())
+
+    # lazily only for a cost without parameters (a readout's loss must be read before an optimizer changes it)
+    lazy = next(iter(cost.parameters()), None) is None
     return EPStep(
-        grads=grads, free=free, nudged_phases=nudged, loss=loss, output=cost.output(s0[-1]).detach()
+        grads=grads,
+        free=free,
+        nudged_phases=nudged,
+        loss_value=loss if lazy else loss(),
+        output=cost.output(s0[-1]).detach(),
     )
 
 

@@ -29,7 +29,7 @@ import torch
 from eqagent.costs import Cost
 from eqagent.energy.base import MODES, Dynamics, LayeredEnergy
 
-__all__ = ["MODES", "RelaxResult", "RelaxationDiverged", "settle"]
+__all__ = ["MODES", "RelaxResult", "RelaxationDiverged", "check_states", "settle"]
 
 
 class RelaxationDiverged(RuntimeError):
@@ -51,6 +51,12 @@ class RelaxResult:
     steps: int
     converged: bool
     residual: float
+
+
+def check_states(states: Sequence[torch.Tensor], layers: Iterable[int], blowup: float = 1e6) -> None:
+    """Raises :class:`RelaxationDiverged` if a state of ``layers`` is NaN/inf or beyond ``blowup`` (what
+    :func:`settle` checks; for states computed without it, e.g. a free phase that is the feed-forward pass)."""
+    _check_finite(states, layers, blowup, 0)
 
 
 def _check_finite(states: Sequence[torch.Tensor], free: Iterable[int], blowup: float, step: int) -> None:
@@ -103,8 +109,9 @@ def settle(
         tol: Stop when the largest state change in a step is below ``tol`` (0 disables the check).
         eps: Step size of the gradient form.
         blowup: Largest allowed ``|s|`` before the relaxation counts as diverged.
-        check_start: Check the initial states too (a caller whose states are an equilibrium :func:`settle` just
-            returned, e.g. EP's nudged phase starting from the free one, may skip it: they were checked).
+        check_start: Check the initial states and a tensor ``beta`` too (a caller whose states are an equilibrium
+            :func:`settle` just returned and whose strengths it built from a checked number, e.g. EP's nudged
+            phase starting from the free one, may skip it).
 
     Returns:
         A :class:`RelaxResult`.
@@ -117,7 +124,12 @@ def settle(
         raise ValueError(f"unknown relaxation mode {mode!r}; choose one of {MODES}")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    beta_ok = bool(torch.isfinite(beta).all()) if torch.is_tensor(beta) else math.isfinite(beta)
+    if torch.is_tensor(
+        beta
+    ):  # a tensor of strengths costs a host sync to check: skipped for a vouching caller
+        beta_ok = not check_start or bool(torch.isfinite(beta).all())
+    else:
+        beta_ok = math.isfinite(beta)
     if not (beta_ok and math.isfinite(tol) and math.isfinite(eps)):
         raise ValueError(f"beta, tol and eps must be finite, got {beta}, {tol}, {eps}")
     if not eps > 0:

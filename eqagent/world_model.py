@@ -16,6 +16,7 @@ model.
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -431,7 +432,7 @@ class EPWorldModel(nn.Module):
         updated = False
         if not (self.config.gate and self.gate.skip(g)):
             for _ in range(self.config.updates_per_step):
-                self.update(lr_scale=g, newest=e)
+                self._update(lr_scale=g, newest=e)  # the loss is not read here: no host sync for it
                 updated = True
         return {
             "error": float(errors.mean()),
@@ -458,7 +459,13 @@ class EPWorldModel(nn.Module):
             win.clear()
 
     def update(self, lr_scale: float = 1.0, newest: int = 1) -> float:
-        """One learning step on the ``newest`` transitions plus a bootstrapped replay minibatch per member."""
+        """One learning step on the ``newest`` transitions plus a bootstrapped replay minibatch per member; returns
+        the batch-mean cost before the step (``nan`` with an empty replay)."""
+        loss = self._update(lr_scale, newest)
+        return loss() if callable(loss) else loss
+
+    def _update(self, lr_scale: float = 1.0, newest: int = 1) -> float | Callable[[], float]:
+        """:meth:`update`, its loss returned as a callable where reading it would cost a host sync."""
         cfg = self.config
         n = self.replay.size
         if n == 0:
@@ -473,7 +480,7 @@ class EPWorldModel(nn.Module):
         if cfg.learner == "ep":
             step = ep_gradients(self.energy, self.cost, x, y, self.ep)
             grads = [step.grads[p] for p in self._params]  # each member's slice: its own batch-mean cost's
-            loss = step.loss
+            loss = step.loss_value  # the cost has no parameters: reading it later gives the same value
         else:
             out = self.energy(x)
             lossv = self.cost.value(out, self.cost.check_target(y, out)).mean(-1).sum()
