@@ -339,7 +339,10 @@ class CEMPlanner(Planner):
             pred = best.pred
         first = seq[:, 0]
         if bool(reuse.any()):  # the kept prediction of a reused plan's action: one free phase
-            reused = self.wm.predict_members(obs[reuse], first[reuse])["out"]
+            if hasattr(self.wm, "predict_out"):  # the raw output alone
+                reused = self.wm.predict_out(obs[reuse], first[reuse])
+            else:
+                reused = self.wm.predict_members(obs[reuse], first[reuse])["out"]
             out = reused.new_empty(reused.shape[0], e, reused.shape[-1])
             out[:, reuse] = reused
             if len(rows):

@@ -250,9 +250,17 @@ class EPWorldModel(nn.Module):
             normalised output ``out`` ``(M, B, d + 2)``.
         """
         o = self._check_obs(obs).reshape(-1, self.obs_dim)
+        return self._decode(o, self._predict_out(o, action))
+
+    @torch.no_grad()
+    def predict_out(self, obs, action) -> torch.Tensor:
+        """The raw normalised free-phase output ``(M, B, d + 2)`` of :meth:`predict_members` alone (what learning
+        keeps; nothing decoded)."""
+        return self._predict_out(self._check_obs(obs).reshape(-1, self.obs_dim), action)
+
+    def _predict_out(self, o: torch.Tensor, action) -> torch.Tensor:
         a = self.encode_action(action).reshape(o.shape[0], self.act_dim)
-        out = self.energy.feedforward(self.model_input(o, a))[-1]  # (M, B, d+2): the free equilibrium
-        return self._decode(o, out)
+        return self.energy.feedforward(self.model_input(o, a))[-1]  # (M, B, d+2): the free equilibrium
 
     def _decode(self, o: torch.Tensor, out: torch.Tensor) -> dict[str, torch.Tensor]:
         d = self.obs_dim

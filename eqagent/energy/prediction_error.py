@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -194,7 +194,25 @@ class PredictionErrorEnergy(LayeredEnergy):
                 out[0],
                 torch.cat([cached[2]] * copies, dim=-2),
             )
+        if self._is_free(states):  # copies of the free equilibrium are one too
+            self.__dict__["_free"] = (list(out), self._param_versions())
         return out
+
+    def _is_free(self, states: Sequence[torch.Tensor]) -> bool:
+        """Whether ``states`` are (the very tensors of) the free equilibrium :meth:`feedforward` (or
+        :meth:`stacked` of it) returned under the current parameters: there ``s_l = f_l(s_{l−1})`` exactly."""
+        free = getattr(self, "_free", None)
+        return (
+            free is not None
+            and len(free[0]) == len(states)
+            and all(a is b for a, b in zip(free[0], states))
+            and free[1] == self._param_versions()
+        )
+
+    def _prime_of_output(self, l: int, z: torch.Tensor) -> Any:
+        """``f_l'`` from the layer's output ``z = f_l(·)`` (``None``: linear), or ``NotImplemented`` where the
+        family cannot tell it from the output (then :meth:`relax_step` recomputes ``f_l``)."""
+        return NotImplemented
 
     def _fl(self, l: int, states: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         return self._f1(states[0]) if l == 1 else self._f(l, states[l - 1])
@@ -205,7 +223,9 @@ class PredictionErrorEnergy(LayeredEnergy):
         s0 = self.check_layer(0, x, "input")
         kept = propagate(s0, self.layers(), self._act_value, keep=True)
         self.__dict__["_f1_cache"] = (self._f1_key(s0), s0, kept[1][1])
-        return [h for h, _ in kept]
+        states = [h for h, _ in kept]
+        self.__dict__["_free"] = (list(states), self._param_versions())
+        return states
 
     def errors(self, states: Sequence[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
         """Prediction errors ``e_l = s_l − f_l(s_{l−1})`` and derivatives ``f_l'`` (index 0 unused).
@@ -237,11 +257,19 @@ class PredictionErrorEnergy(LayeredEnergy):
             raise ValueError(f"{type(self).__name__} relaxes with exactly the input layer clamped")
 
     def relax_context(self, states: Sequence[torch.Tensor], clamped: set[int]) -> dict:
-        return {"f1": self._f1(states[0])}  # the input is clamped: f_1(s_0) is constant
+        # the input is clamped: f_1(s_0) is constant; from the free equilibrium, the first step's f_l(s_{l−1}) are
+        # the states themselves
+        return {"f1": self._f1(states[0]), "at_rest": self._is_free(states)}
 
     def relax_step(self, states: Sequence[torch.Tensor], dyn: Dynamics, ctx: dict) -> list[torch.Tensor]:
         L = self.num_layers - 1
-        fs = [None, ctx["f1"]] + [self._f(l, states[l - 1]) for l in range(2, L + 1)]
+        fs = None
+        if ctx.pop("at_rest", False):  # only the first step starts at the free equilibrium
+            primes = [self._prime_of_output(l, states[l]) for l in range(2, L + 1)]
+            if all(p is not NotImplemented for p in primes):
+                fs = [None, ctx["f1"]] + [(states[l], p) for l, p in zip(range(2, L + 1), primes)]
+        if fs is None:
+            fs = [None, ctx["f1"]] + [self._f(l, states[l - 1]) for l in range(2, L + 1)]
         s = list(states)
         if dyn.mode == "fixed_point":
             msg = [None] * (L + 1)
@@ -388,6 +416,17 @@ class EnsembleMLPEnergy(PredictionErrorEnergy):
 
     def _act_value(self, l: int, pre: torch.Tensor) -> torch.Tensor:
         return pre if l == self.num_layers - 1 else self._act[0](pre)
+
+    def _prime_of_output(self, l: int, z: torch.Tensor) -> torch.Tensor | None:
+        """As :func:`_act_and_prime` computes it, from the output (tanh: ``1 − z²``, sigmoid: ``z(1 − z)``, ReLU:
+        ``z > 0``; the linear output: ``None``)."""
+        if l == self.num_layers - 1:
+            return None
+        if self.activation == "tanh":
+            return 1 - z * z
+        if self.activation == "sigmoid":
+            return z * (1 - z)
+        return (z > 0).to(z.dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Output of every member (the free equilibrium's last layer), ``(M, B, n_L)``; differentiable.
