@@ -107,10 +107,12 @@ class Imagination:
             )
         return "torch"
 
-    def rollout(self, obs: torch.Tensor, actions: torch.Tensor) -> dict[str, torch.Tensor]:
+    def rollout(
+        self, obs: torch.Tensor, actions: torch.Tensor, disagreement: bool = True
+    ) -> dict[str, torch.Tensor]:
         """Imagines from observations ``(N, d)`` along action sequences: indices ``(N, H)`` (int64) of a discrete
         world model, or encoded actions ``(N, H, A)``; returns :meth:`~eqagent.world_model.EPWorldModel.imagine`'s
-        dict."""
+        dict (without ``disagreement`` when not asked for)."""
         wm = self.wm
         n, h = actions.shape[:2]
         m, d = wm.config.members, wm.obs_dim
@@ -154,15 +156,23 @@ class Imagination:
         zs, outs = fused() if backend == "triton" else loop()
         out_scale, out_shift = own[3:5]
         self.last_backend = backend
-        raw_dz = (outs[..., :d] - out_shift) / out_scale  # (H, M, N, d): the energy's normalised Δobs output
-        spread = ((raw_dz - raw_dz.mean(1, keepdim=True)) ** 2).mean((1, 3))  # (H, N): variance over members
+        # the energy's normalised Δobs output: every step's for the disagreement, (H, M, N, d), else the first's
+        raw_dz = (
+            (outs[..., :d] - out_shift) / out_scale
+            if disagreement
+            else (outs[0, ..., :d] - out_shift) / out_scale
+        )
+        first_dz = raw_dz[0] if disagreement else raw_dz
+        result = {}
+        if disagreement:
+            result["disagreement"] = ((raw_dz - raw_dz.mean(1, keepdim=True)) ** 2).mean((1, 3)).T  # (N, H)
         outs = outs.permute(1, 2, 0, 3)  # (M, N, H, d + 2)
         return {
             "obs": zs * o_std + o_mean,
             "reward": wm.reward_norm.denormalize(outs[..., d]),
             "term_prob": torch.sigmoid(outs[..., d + 1]),
-            "disagreement": spread.T,
-            "first_out": torch.cat([raw_dz[0], outs[:, :, 0, d:]], -1),
+            **result,
+            "first_out": torch.cat([first_dz, outs[:, :, 0, d:]], -1),
         }
 
     @staticmethod

@@ -27,6 +27,7 @@ keeps nothing between calls, so the caller decides what carries over (an agent p
 
 from __future__ import annotations
 
+import inspect
 import itertools
 import math
 from abc import ABC, abstractmethod
@@ -159,11 +160,11 @@ def expected_free_energy(
                              f"{tuple(value.shape)}")  # fmt: skip
     pragmatic = (disc * alive * value).sum(-1).mean(0)
     risk = (disc * alive * term).sum(-1).mean(0)
-    epistemic = imagined["disagreement"].mean(-1)
     g = -(pragmatic + tail) + termination_penalty * risk
     if not explore:
         return g
-    g = g - cfg.epistemic_weight * epistemic
+    if cfg.epistemic_weight:
+        g = g - cfg.epistemic_weight * imagined["disagreement"].mean(-1)
     if novelty is not None and novelty_weight > 0:
         nov = novelty(imagined["obs"][:, :, 1:].mean(0))  # (N, H): the members' mean imagined states
         g = g - novelty_weight * (disc * alive.mean(0) * nov).sum(-1)
@@ -214,6 +215,8 @@ class CEMPlanner(Planner):
         self.preference = preference
         self.terminal_value = terminal_value
         self._explore = True  # set by each plan() call
+        # a world model whose imagine() can leave the disagreement out (when G does not count it)
+        self._can_skip_disagreement = "disagreement" in inspect.signature(world_model.imagine).parameters
         n, h = self.wm.act_dim, self.cfg.horizon
         self._enumerate = self.wm.discrete and n**h <= self.cfg.candidates
         if self._enumerate:
@@ -280,7 +283,11 @@ class CEMPlanner(Planner):
         """G ``(E, C)`` and the first step's free-phase outputs ``(M, E, C, out)`` of sequences ``(E, C, H[, A])``."""
         e, c = seqs.shape[:2]
         flat_obs = obs[:, None].expand(e, c, obs.shape[-1]).reshape(e * c, -1)
-        imagined = self.wm.imagine(flat_obs, seqs.reshape(e * c, *seqs.shape[2:]))
+        seqs_flat = seqs.reshape(e * c, *seqs.shape[2:])
+        if (self._explore and self.cfg.epistemic_weight) or not self._can_skip_disagreement:
+            imagined = self.wm.imagine(flat_obs, seqs_flat)
+        else:  # the disagreement is not counted: not computed
+            imagined = self.wm.imagine(flat_obs, seqs_flat, disagreement=False)
         g = expected_free_energy(
             imagined, self.cfg, self.preference, self.terminal_value, self.termination_penalty(),
             getattr(self.wm, "novelty", None), self.novelty_weight(), self._explore,

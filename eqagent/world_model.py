@@ -320,7 +320,7 @@ class EPWorldModel(nn.Module):
         return torch.cdist(x, ref).amin(-1).reshape(obs.shape[:-1])
 
     @torch.no_grad()
-    def imagine(self, obs, action_sequences) -> dict[str, torch.Tensor]:
+    def imagine(self, obs, action_sequences, disagreement: bool = True) -> dict[str, torch.Tensor]:
         """Rolls every member forward from ``obs`` along each action sequence (one batched pass per step).
 
         Each imagined step is the free equilibrium of the energy (its feed-forward pass), computed for all
@@ -335,7 +335,8 @@ class EPWorldModel(nn.Module):
 
         Returns:
             ``obs`` ``(M, N, H + 1, d)``, ``reward`` ``(M, N, H)``, ``term_prob`` ``(M, N, H)``,
-            ``disagreement`` ``(N, H)``, and ``first_out`` ``(M, N, d + 2)``: the raw free-phase output of the first
+            ``disagreement`` ``(N, H)`` (unless ``disagreement=False``: a caller that does not use it saves its
+            computation), and ``first_out`` ``(M, N, d + 2)``: the raw free-phase output of the first
             step (what :meth:`observe` reuses as the kept prediction).
         """
         seq = (
@@ -354,7 +355,7 @@ class EPWorldModel(nn.Module):
             raise ValueError(f"obs must be ({self.obs_dim},) or ({n}, {self.obs_dim}), got {tuple(o.shape)}")
         if self._imagination is None:
             self._imagination = Imagination(self)
-        return self._imagination.rollout(o, enc)
+        return self._imagination.rollout(o, enc, disagreement)
 
     # ------------------------------------------------------------------ learning
     def _targets(self, obs: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor, term: torch.Tensor):
