@@ -73,10 +73,11 @@ def derived_defaults(
     of :class:`EPAgentConfig` (no table keyed by env id; a user's own env gets the same rules):
 
     * the search: over a ``Discrete`` space one CEM iteration of 128 sequences that competes with the previous
-      plan shifted by a step, searching at least every 2nd step, 20 steps ahead (the categorical distribution is
-      refitted from the plan it carries); over a ``Box`` space 4 iterations of 256, 15 steps ahead (a Gaussian
-      needs refits to narrow, and costs more per imagined step), and 4 world-model updates per step (continuous
-      control needs the finer model);
+      plan shifted by a step, 20 steps ahead (the categorical distribution is refitted from the plan it carries);
+      over a ``Box`` space 4 iterations of 256, 15 steps ahead (a Gaussian needs refits to narrow, and costs more
+      per imagined step), and 4 world-model updates per step (continuous control needs the finer model); over
+      either, a search at least every 2nd step (in between, a step the world model predicted unsurprisingly
+      takes the next action of the previous plan);
     * the termination risk's weight derived from the rewards seen (``planner.termination_penalty = None``:
       ``max(0, mean reward per step) · horizon``): ending an episode is bad where rewards are earned per step
       alive (CartPole, InvertedPendulum), neutral where they are costs (Acrobot, MountainCar);
@@ -87,10 +88,10 @@ def derived_defaults(
     from gymnasium import spaces
 
     discrete = isinstance(action_space, spaces.Discrete)
-    planner: dict[str, Any] = {"termination_penalty": None}
+    planner: dict[str, Any] = {"termination_penalty": None, "replan_every": 2}
     out: dict[str, Any] = {"planner": planner}
     if discrete:
-        planner.update(horizon=20, candidates=128, iterations=1, elites=16, replan_every=2)
+        planner.update(horizon=20, candidates=128, iterations=1, elites=16)
     else:
         planner.update(horizon=15, candidates=256, iterations=4, elites=32)
         out["world_model"] = {"updates_per_step": 4}

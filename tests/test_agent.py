@@ -187,7 +187,8 @@ def test_defaults_are_derived_from_the_env_not_its_id():
         20, 128, 1, 2)  # fmt: skip
     assert cart.planner.termination_penalty is None and cart.learning_starts == 100
     pend = agent_config_for_id("Pendulum-v1")  # Box, 200-step episodes
-    assert (pend.planner.candidates, pend.planner.iterations, pend.planner.elites) == (256, 4, 32)
+    assert (pend.planner.candidates, pend.planner.iterations, pend.planner.elites, pend.planner.replan_every) == (
+        256, 4, 32, 2)  # fmt: skip
     assert pend.world_model.updates_per_step == 4 and pend.learning_starts == 50
     # the same spaces under another name get the same config: nothing is keyed by the id
     env = gym.make("Pendulum-v1")
