@@ -124,9 +124,8 @@ def settle(
         raise ValueError(f"unknown relaxation mode {mode!r}; choose one of {MODES}")
     if steps < 0:
         raise ValueError(f"steps must be >= 0, got {steps}")
-    if torch.is_tensor(
-        beta
-    ):  # a tensor of strengths costs a host sync to check: skipped for a vouching caller
+    # a tensor of strengths costs a host sync to check: skipped for a vouching caller
+    if torch.is_tensor(beta):
         beta_ok = not check_start or bool(torch.isfinite(beta).all())
     else:
         beta_ok = math.isfinite(beta)

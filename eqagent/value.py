@@ -142,10 +142,7 @@ class EPValueFunction(nn.Module):
         their spread)."""
         lead = obs.shape[:-1]
         x = self._input(obs.reshape(-1, obs.shape[-1]))  # (B, d)
-        if not torch.isfinite(x).all():
-            raise ValueError("observations for the value contain NaN or inf")
-        x = x.unsqueeze(0).expand(self.config.members, *x.shape)  # (M, B, d): every member sees the batch
-        v = propagate(x, self.energy.layers(), self.energy._act_value)[..., 0]  # (M, B): the free phase
+        v = self.energy(x)[..., 0]  # (M, B): the free phase = the (checked) forward pass
         if self.config.pessimism and v.shape[0] > 1:
             out = v.mean(0) - self.config.pessimism * v.std(0, unbiased=False)
         else:

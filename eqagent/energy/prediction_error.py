@@ -202,11 +202,15 @@ class PredictionErrorEnergy(LayeredEnergy):
         """Whether ``states`` are (the very tensors of) the free equilibrium :meth:`feedforward` (or
         :meth:`stacked` of it) returned under the current parameters: there ``s_l = f_l(s_{l−1})`` exactly."""
         free = getattr(self, "_free", None)
+        return free is not None and self._same(free[0], free[1], states)
+
+    def _same(self, kept: Sequence[torch.Tensor], versions: tuple, states: Sequence[torch.Tensor]) -> bool:
+        """Whether ``states`` are the very tensors ``kept`` under parameters still at ``versions``: what a record
+        computed from them (the free equilibrium, a step's errors) may be reused for."""
         return (
-            free is not None
-            and len(free[0]) == len(states)
-            and all(a is b for a, b in zip(free[0], states))
-            and free[1] == self._param_versions()
+            len(kept) == len(states)
+            and all(a is b for a, b in zip(kept, states))
+            and versions == self._param_versions()
         )
 
     def _prime_of_output(self, l: int, z: torch.Tensor) -> Any:
@@ -233,12 +237,7 @@ class PredictionErrorEnergy(LayeredEnergy):
         For the states a fixed-point step just returned they are that step's messages and derivatives (kept, not
         recomputed: the step set ``s_l = f_l(s_{l−1}) + msg_l``)."""
         last = getattr(self, "_last_errors", None)
-        if (
-            last is not None
-            and len(last[0]) == len(states)
-            and all(a is b for a, b in zip(last[0], states))
-            and last[3] == self._param_versions()
-        ):
+        if last is not None and self._same(last[0], last[3], states):
             return [_UNUSED, *last[1][1:]], [_UNUSED, *last[2][1:]]
         es, ds = [_UNUSED], [_UNUSED]
         for l in range(1, self.num_layers):
