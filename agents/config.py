@@ -34,6 +34,8 @@ class EPAgentConfig:
         terminal_value: Learn a state value by EP (TD(0) on the replay) and count it past the planning horizon.
         value_updates_per_step: Value updates per vector-env step.
         learning_starts: Env steps of random actions before planning starts.
+        error_check_every: Env steps between measurements of the world model's open-loop error (what
+            ``planner.error_tolerance`` cuts the imagined horizon by; 0: never measured, the full horizon).
         preference: Name of a shipped preference for the env (``eqagent.agents.preferences``), or empty
             (learned reward only). A callable is passed to ``EPAgent`` directly, not through the config.
     """
@@ -44,15 +46,14 @@ class EPAgentConfig:
     terminal_value: bool = True
     value_updates_per_step: int = 2
     learning_starts: int = 100
+    error_check_every: int = 100
     preference: str = ""
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
-        if self.value_updates_per_step < 0 or self.learning_starts < 0:
-            raise ValueError(
-                f"value_updates_per_step and learning_starts must be >= 0, got {self.value_updates_per_step}, "
-                f"{self.learning_starts}"
-            )
+        for name in ("value_updates_per_step", "learning_starts", "error_check_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         if not isinstance(self.preference, str):
             raise ValueError(
                 "EPAgentConfig.preference must be a name; pass a callable to EPAgent(preference=...)"

@@ -331,6 +331,7 @@ class EPAgent:
             if self.value is not None:
                 for _ in range(self.config.value_updates_per_step):
                     self.logger.record_mean("value/td_loss", self.value.update())
+            self._check_open_loop_error()
             self.num_timesteps += self.n_envs
             self._last_obs = self._check_obs(new_obs)
             if dones.any() and self._plan_state is not None:  # a new episode plans from a cold start
@@ -352,6 +353,16 @@ class EPAgent:
         self._dump_logs()
         callback.on_training_end()
         return self
+
+    def _check_open_loop_error(self) -> None:
+        """Every ``error_check_every`` env steps (when the planner cuts its horizon by the model's error), measures
+        how far ahead the world model can be trusted."""
+        every, cfg = self.config.error_check_every, self.config.planner
+        if not every or cfg.error_tolerance <= 0 or self.num_timesteps < self.config.learning_starts:
+            return
+        if (self.num_timesteps + self.n_envs) // every > self.num_timesteps // every:
+            self.world_model.measure_open_loop_error(cfg.horizon)
+            self.logger.record("planner/horizon", self.planner.horizon())
 
     def _dump_logs(self) -> None:
         if self.ep_info_buffer:

@@ -70,6 +70,11 @@ class PlannerConfig:
             predicted unsurprisingly takes the next action of its previous plan (1: search at every step).
         reuse_z: "Unsurprising" for ``replan_every``: the step's prediction error below this many standard
             deviations of the surprise gate's log-error statistics above their mean.
+        error_tolerance: How far ahead imagination is trusted: the rollout stops (and the terminal value is
+            read) before the first step ahead at which the world model's measured open-loop error
+            (:meth:`~eqagent.world_model.EPWorldModel.measure_open_loop_error`: mean squared error in units of the
+            observation spread) exceeds this, never below 2 steps; ``horizon`` is the most. 0: always
+            ``horizon``. Until a measurement exists, ``horizon``.
     """
 
     horizon: int = 15
@@ -84,6 +89,7 @@ class PlannerConfig:
     min_std: float = 0.05
     replan_every: int = 1
     reuse_z: float = 1.0
+    error_tolerance: float = 0.0
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
@@ -100,6 +106,8 @@ class PlannerConfig:
             raise ValueError(
                 "termination_penalty, epistemic_weight and novelty_weight must be >= 0, min_std in (0, 1]"
             )
+        if self.error_tolerance < 0:
+            raise ValueError(f"error_tolerance must be >= 0, got {self.error_tolerance}")
 
 
 @dataclass
@@ -231,14 +239,25 @@ class CEMPlanner(Planner):
     def device(self) -> torch.device:
         return torch.device(getattr(self.wm, "device", "cpu"))
 
+    def horizon(self) -> int:
+        """The steps imagined: ``horizon``, cut by ``error_tolerance`` where the world model's last measured
+        open-loop error (``open_loop_error``, per step ahead) first exceeds it (at least 2)."""
+        h, tol = self.cfg.horizon, self.cfg.error_tolerance
+        err = getattr(self.wm, "open_loop_error", None) if tol > 0 else None
+        if err is None:
+            return h
+        over = np.flatnonzero(np.asarray(err[:h]) > tol)
+        return h if not len(over) else min(h, max(2, int(over[0])))
+
     def termination_penalty(self) -> float:
-        """λ_term: the config's, or (``None``) ``max(0, mean reward per step) · horizon`` from the world model's
-        running reward statistics (``reward_norm.mean``; 0 for a world model without them)."""
+        """λ_term: the config's, or (``None``) ``max(0, mean reward per step) · H`` (``H`` the steps imagined,
+        :meth:`horizon`) from the world model's running reward statistics (``reward_norm.mean``; 0 for a world
+        model without them)."""
         if self.cfg.termination_penalty is not None:
             return self.cfg.termination_penalty
         norm = getattr(self.wm, "reward_norm", None)
         rate = float(norm.mean) if norm is not None else 0.0
-        return max(0.0, rate) * self.cfg.horizon
+        return max(0.0, rate) * self.horizon()
 
     def novelty_weight(self) -> float:
         """λ_nov in reward units: ``novelty_weight · σ_r``, σ_r the spread of the world model's first rewards
@@ -283,7 +302,8 @@ class CEMPlanner(Planner):
         """G ``(E, C)`` and the first step's free-phase outputs ``(M, E, C, out)`` of sequences ``(E, C, H[, A])``."""
         e, c = seqs.shape[:2]
         flat_obs = obs[:, None].expand(e, c, obs.shape[-1]).reshape(e * c, -1)
-        seqs_flat = seqs.reshape(e * c, *seqs.shape[2:])
+        h = self.horizon()  # the steps imagined; the sequences' later steps are planned, not scored, yet
+        seqs_flat = (seqs if h == seqs.shape[2] else seqs[:, :, :h]).reshape(e * c, h, *seqs.shape[3:])
         if (self._explore and self.cfg.epistemic_weight) or not self._can_skip_disagreement:
             imagined = self.wm.imagine(flat_obs, seqs_flat)
         else:  # the disagreement is not counted: not computed

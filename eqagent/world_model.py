@@ -15,6 +15,7 @@ model.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -187,6 +188,9 @@ class EPWorldModel(nn.Module):
         self._recent_surprise: deque[float] = deque(maxlen=cfg.shift_window)  # the shift detector's window
         self._since_shift = cfg.shift_cooldown
         self._imagination: Imagination | None = None
+        self._stride = 1  # transitions per observe() call: one env's consecutive steps lie this far apart
+        # the last measure_open_loop_error(): mean squared error k = 1 … H steps ahead (None: not measured)
+        self.open_loop_error: np.ndarray | None = None
 
     # ------------------------------------------------------------------ encoding
     def encode_action(self, action) -> torch.Tensor:
@@ -357,6 +361,58 @@ class EPWorldModel(nn.Module):
             self._imagination = Imagination(self)
         return self._imagination.rollout(o, enc, disagreement)
 
+    @torch.no_grad()
+    def measure_open_loop_error(
+        self, horizon: int, segments: int = 64, window: int = 1000
+    ) -> np.ndarray | None:
+        """How far ahead the model can be trusted: replays the actions of real trajectories open loop.
+
+        From up to ``segments`` starts among the newest ``window`` transitions whose next ``horizon`` steps are one
+        unbroken trajectory of one env (each step's next observation is the next step's observation), the
+        members' mean imagined observations ``k = 1 … horizon`` steps ahead are compared with the real ones. The
+        starts are drawn from a generator of their own (seeded by the model's seed and its step count), so
+        measuring changes no other random stream.
+
+        Returns:
+            ``(horizon,)`` mean squared error per step ahead, in units of the observation spread (the observation
+            normaliser's variance), also kept as :attr:`open_loop_error` (saved with the model); ``None`` (and
+            nothing kept) while the replay holds no such trajectory.
+        """
+        if horizon < 1 or segments < 1 or window < 1:
+            raise ValueError(
+                f"horizon, segments and window must be >= 1, got {horizon}, {segments}, {window}"
+            )
+        rp, stride = self.replay, self._stride
+        n = min(rp.size, window)
+        span = (horizon - 1) * stride  # from a trajectory's first replay row to its last
+        if n <= span:
+            return None
+        idx = rp.newest(n)  # oldest first; consecutive steps of one env lie ``stride`` apart
+        # step i continues into step i + stride: its next observation is that step's observation
+        joined = np.all(rp.next_obs[idx[:-stride]] == rp.obs[idx[stride:]], axis=1)
+        steps = np.arange(horizon - 1) * stride
+        starts = np.arange(n - span)
+        if horizon > 1:
+            ok = np.all(joined[starts[:, None] + steps], axis=1) if len(starts) else np.zeros(0, bool)
+            starts = starts[ok]
+        if not len(starts):
+            return None
+        gen = np.random.default_rng([self.config.seed, 7907, self.observed])
+        starts = gen.choice(starts, size=min(segments, len(starts)), replace=False)
+        rows = idx[starts[:, None] + np.arange(horizon) * stride]  # (S, H) replay rows of each trajectory
+        obs = torch.from_numpy(rp.obs[rows[:, 0]]).to(self.device)  # (S, d)
+        acts = torch.from_numpy(rp.act[rows]).to(self.device)  # (S, H, A) as encoded
+        if self.discrete:
+            acts = acts.argmax(-1)  # (S, H) indices
+        if self._imagination is None:
+            self._imagination = Imagination(self)
+        imagined = self._imagination.rollout(obs, acts, disagreement=False)["obs"].mean(0)[:, 1:]  # (S, H, d)
+        real = torch.from_numpy(rp.next_obs[rows]).to(self.device)  # (S, H, d)
+        spread = self.obs_norm.moments(real.dtype)[1]
+        err = (((imagined - real) / spread) ** 2).mean((0, 2))
+        self.open_loop_error = err.cpu().numpy().astype(np.float64)
+        return self.open_loop_error
+
     # ------------------------------------------------------------------ learning
     def _targets(self, obs: torch.Tensor, next_obs: torch.Tensor, reward: torch.Tensor, term: torch.Tensor):
         return torch.cat(
@@ -423,6 +479,7 @@ class EPWorldModel(nn.Module):
         else:
             errors = np.ones(e)  # nothing seen yet: no statistics to read the error against
         self.replay.add(o.cpu().numpy(), a.cpu().numpy(), no.cpu().numpy(), r, t)
+        self._stride = e
         self.obs_norm.update(o)
         self.delta_norm.update(no - o)
         self.reward_norm.update(torch.as_tensor(r, device=self.device)[:, None])
@@ -501,8 +558,17 @@ class EPWorldModel(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def get_extra_state(self) -> dict:
-        return {"gate": self.gate.state_dict(), "observed": self.observed, "updates": self.updates}
+        err = None if self.open_loop_error is None else [float(x) for x in self.open_loop_error]
+        return {"gate": self.gate.state_dict(), "observed": self.observed, "updates": self.updates,
+                "open_loop_error": err}  # fmt: skip
 
     def set_extra_state(self, state: dict) -> None:
         self.gate.load_state_dict(state["gate"])
         self.observed, self.updates = int(state["observed"]), int(state["updates"])
+        err = state.get("open_loop_error")  # absent in checkpoints written before it was kept
+        if err is not None:
+            ok = isinstance(err, list) and all(isinstance(x, (int, float)) and math.isfinite(x) for x in err)
+            if not ok or not err:
+                raise ValueError("open_loop_error must be a non-empty list of finite numbers")
+            err = np.asarray(err, dtype=np.float64)
+        self.open_loop_error = err

@@ -198,6 +198,31 @@ def test_defaults_are_derived_from_the_env_not_its_id():
     assert agent_config_for_id("CartPole-v1", **{"planner.iterations": 3}).planner.iterations == 3
 
 
+def test_open_loop_error_is_measured_every_error_check_every_steps(tmp_path):
+    cut = {**TINY, "planner": {**TINY["planner"], "error_tolerance": 0.5}}
+    agent = EPAgent(
+        "eqagent/LineWorld-v0", seed=0, tensorboard_log=str(tmp_path), error_check_every=40, **cut
+    )
+    agent.learn(120)
+    err = agent.world_model.open_loop_error
+    assert err is not None and err.shape == (TINY["planner"]["horizon"],) and np.all(np.isfinite(err))
+    run = next(tmp_path.iterdir())
+    assert "planner/horizon" in (run / "progress.csv").read_text().splitlines()[0]
+    # what the planner's horizon depends on is saved with the agent: a loaded agent predicts the same
+    agent.save(tmp_path / "agent")
+    loaded = EPAgent.load(tmp_path / "agent")
+    np.testing.assert_array_equal(loaded.world_model.open_loop_error, err)
+    obs = np.array([[0.3], [-0.7]], np.float32)
+    assert loaded.planner.horizon() == agent.planner.horizon()
+    assert np.array_equal(agent.predict(obs)[0], loaded.predict(obs)[0])
+    off = EPAgent("eqagent/LineWorld-v0", seed=0, error_check_every=0, **cut).learn(120)
+    assert off.world_model.open_loop_error is None
+    # without a tolerance (the default) nothing is measured: the horizon is never cut
+    assert EPAgent("eqagent/LineWorld-v0", seed=0, **TINY).learn(120).world_model.open_loop_error is None
+    with pytest.raises(ValueError, match="error_check_every"):
+        EPAgent("eqagent/LineWorld-v0", error_check_every=-1)
+
+
 def test_termination_penalty_derived_from_the_reward_rate():
     import torch
 

@@ -204,3 +204,40 @@ def test_constant_rewards_give_no_novelty_drive():
         obs = nxt if not (term or trunc) else env.reset()[0]
     planner = CEMPlanner(wm, PlannerConfig())
     assert planner.cfg.novelty_weight > 0 and planner.novelty_weight() == 0.0
+
+
+def test_horizon_is_cut_where_the_measured_model_error_exceeds_the_tolerance():
+    wm = LineWorld(False)
+    imagine, seen = wm.imagine, []
+
+    def spy(obs, seqs):
+        seen.append(seqs.shape[1])
+        return imagine(obs, seqs)
+
+    wm.imagine = spy
+    cfg = PlannerConfig(horizon=6, candidates=32, elites=4, iterations=2, error_tolerance=0.5)
+    planner = CEMPlanner(wm, cfg)
+    assert planner.horizon() == 6  # nothing measured: the full horizon
+    wm.open_loop_error = np.array([0.01, 0.1, 0.3, 0.6, 0.9, 1.2])  # k = 1 … 6 steps ahead
+    assert planner.horizon() == 3
+    res = planner.plan(np.array([0.5]), generator=torch.Generator().manual_seed(0))
+    assert seen == [3, 3] and res.sequence.shape == (1, 6, 1)  # 6 steps planned, the first 3 imagined
+    assert res.action[0][0] < 0  # still toward the reward
+    wm.open_loop_error = np.full(6, 0.9)
+    assert planner.horizon() == 2  # never below 2
+    wm.open_loop_error = np.full(9, 0.1)
+    assert planner.horizon() == 6  # never beyond the horizon
+    wm.open_loop_error = np.full(6, 0.9)
+    assert CEMPlanner(wm, PlannerConfig(horizon=6, error_tolerance=0.0)).horizon() == 6  # 0: never cut
+    with pytest.raises(ValueError, match="error_tolerance"):
+        PlannerConfig(error_tolerance=-1.0)
+
+
+def test_derived_termination_penalty_counts_the_steps_imagined():
+    env = gym.make("CartPole-v1")
+    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(hidden=(8,), members=2))
+    wm.reward_norm.update(torch.ones(50, 1))
+    planner = CEMPlanner(wm, PlannerConfig(horizon=20, termination_penalty=None, error_tolerance=0.5))
+    assert planner.termination_penalty() == pytest.approx(20.0)
+    wm.open_loop_error = np.linspace(0.0, 1.0, 20)  # first above 0.5 at index 10: 10 steps trusted
+    assert planner.horizon() == 10 and planner.termination_penalty() == pytest.approx(10.0)

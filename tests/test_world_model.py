@@ -241,3 +241,71 @@ def test_one_nudged_step_gives_the_backprop_gradient():
 
     one, three = rel_err(1), rel_err(3)
     assert one < 1e-4 and one < three
+
+
+@torch.no_grad()
+def _open_loop_reference(wm, stream, horizon):
+    """Mean normalised squared error k = 1 … horizon steps ahead (of the members' mean) over every start whose next
+    ``horizon`` steps lie in one episode of ``stream``, stepping each member's free phase open loop."""
+    errs = []
+    for i in range(len(stream) - horizon + 1):
+        if len({stream[i + k][5] for k in range(horizon)}) > 1:
+            continue  # the trajectory breaks: an episode ended inside it
+        m = wm.config.members
+        cur = torch.as_tensor(stream[i][0], dtype=torch.float32).expand(m, 1, wm.obs_dim)  # each member's own
+        row = []
+        for k in range(horizon):
+            a = torch.as_tensor(np.asarray(stream[i + k][1])).expand(m, 1, *np.shape(stream[i + k][1]))
+            cur = wm._decode(cur, wm.energy(wm.model_input(cur, wm.encode_action(a))))["next_obs"]
+            real = torch.as_tensor(stream[i + k][2], dtype=torch.float32)
+            row.append((((cur.mean(0)[0] - real) / wm.obs_norm.moments()[1]) ** 2).mean())
+        errs.append(torch.stack(row))
+    return torch.stack(errs).mean(0)
+
+
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_open_loop_error_replays_real_trajectories(env_id):
+    env = gym.make(env_id)
+    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(**SMALL))
+    stream = random_stream(env, 80, 0)
+    for o, a, no, r, term, _, _ in stream:
+        wm.observe(o, a, no, r, term)
+    # segments >= the number of starts: every start is used, so the mean equals the reference's
+    err = wm.measure_open_loop_error(4, segments=1000)
+    assert err.shape == (4,) and np.all(err >= 0)
+    np.testing.assert_allclose(err, _open_loop_reference(wm, stream, 4).numpy(), rtol=1e-4, atol=1e-7)
+    np.testing.assert_array_equal(wm.open_loop_error, err)
+    # kept with the model, as data
+    wm2 = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(**SMALL))
+    wm2.load_state_dict(wm.state_dict())
+    np.testing.assert_array_equal(wm2.open_loop_error, err)
+    with pytest.raises(ValueError, match="open_loop_error"):
+        wm2.set_extra_state({**wm.get_extra_state(), "open_loop_error": ["os.system"]})
+
+
+def test_open_loop_error_follows_each_env_of_a_vector_env():
+    """Two envs' transitions interleaved in the replay: each trajectory is followed within its own env."""
+    env = gym.make("CartPole-v1")
+    streams = [random_stream(gym.make("CartPole-v1"), 60, s) for s in (0, 1)]
+    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(**SMALL))
+    for a, b in zip(*streams):
+        wm.observe(*(np.stack([a[j], b[j]]) for j in range(5)))
+    err = wm.measure_open_loop_error(3, segments=1000)
+    # the same model, fed nothing more: its reference is the mean over both envs' starts, weighted by their number
+    refs, counts = [], []
+    for s in streams:
+        n = sum(len({s[i + k][5] for k in range(3)}) == 1 for i in range(len(s) - 2))
+        refs.append(_open_loop_reference(wm, s, 3) * n)
+        counts.append(n)
+    np.testing.assert_allclose(err, (sum(refs) / sum(counts)).numpy(), rtol=1e-4, atol=1e-7)
+
+
+def test_open_loop_error_needs_a_long_enough_trajectory():
+    env = gym.make("CartPole-v1")
+    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(**SMALL))
+    assert wm.measure_open_loop_error(3) is None  # empty replay
+    for o, a, no, r, term, _, _ in random_stream(env, 40, 0):
+        wm.observe(o, a, no, r, term)
+    assert wm.measure_open_loop_error(500) is None and wm.open_loop_error is None
+    with pytest.raises(ValueError, match="horizon"):
+        wm.measure_open_loop_error(0)
