@@ -409,8 +409,9 @@ class EPWorldModel(nn.Module):
         imagined = self._imagination.rollout(obs, acts, disagreement=False)["obs"].mean(0)[:, 1:]  # (S, H, d)
         real = torch.from_numpy(rp.next_obs[rows]).to(self.device)  # (S, H, d)
         spread = self.obs_norm.moments(real.dtype)[1]
-        err = (((imagined - real) / spread) ** 2).mean((0, 2))
-        self.open_loop_error = err.cpu().numpy().astype(np.float64)
+        err = (((imagined - real) / spread) ** 2).mean((0, 2)).cpu().numpy().astype(np.float64)
+        # a diverged rollout is as untrustworthy as it gets: inf, never NaN (which no tolerance would cut)
+        self.open_loop_error = np.where(np.isnan(err), np.inf, err)
         return self.open_loop_error
 
     # ------------------------------------------------------------------ learning
@@ -558,7 +559,8 @@ class EPWorldModel(nn.Module):
 
     # ------------------------------------------------------------------ persistence
     def get_extra_state(self) -> dict:
-        err = None if self.open_loop_error is None else [float(x) for x in self.open_loop_error]
+        # JSON data: a non-finite error (a diverged rollout) is kept as a large number
+        err = None if self.open_loop_error is None else [min(float(x), 1e30) for x in self.open_loop_error]
         return {"gate": self.gate.state_dict(), "observed": self.observed, "updates": self.updates,
                 "open_loop_error": err}  # fmt: skip
 
@@ -567,8 +569,11 @@ class EPWorldModel(nn.Module):
         self.observed, self.updates = int(state["observed"]), int(state["updates"])
         err = state.get("open_loop_error")  # absent in checkpoints written before it was kept
         if err is not None:
-            ok = isinstance(err, list) and all(isinstance(x, (int, float)) and math.isfinite(x) for x in err)
+            ok = isinstance(err, list) and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x >= 0
+                for x in err
+            )
             if not ok or not err:
-                raise ValueError("open_loop_error must be a non-empty list of finite numbers")
+                raise ValueError("open_loop_error must be a non-empty list of finite numbers >= 0")
             err = np.asarray(err, dtype=np.float64)
         self.open_loop_error = err

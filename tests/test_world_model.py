@@ -279,8 +279,12 @@ def test_open_loop_error_replays_real_trajectories(env_id):
     wm2 = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(**SMALL))
     wm2.load_state_dict(wm.state_dict())
     np.testing.assert_array_equal(wm2.open_loop_error, err)
-    with pytest.raises(ValueError, match="open_loop_error"):
-        wm2.set_extra_state({**wm.get_extra_state(), "open_loop_error": ["os.system"]})
+    for bad in (["os.system"], [float("nan")], [-1.0], []):
+        with pytest.raises(ValueError, match="open_loop_error"):
+            wm2.set_extra_state({**wm.get_extra_state(), "open_loop_error": bad})
+    wm.open_loop_error = np.array([0.1, np.inf])  # a diverged rollout: saved as a large number, still cut
+    wm2.set_extra_state(wm.get_extra_state())
+    assert wm2.open_loop_error[1] >= 1e30
 
 
 def test_open_loop_error_follows_each_env_of_a_vector_env():
