@@ -108,21 +108,46 @@ class Imagination:
         return "torch"
 
     def rollout(
-        self, obs: torch.Tensor, actions: torch.Tensor, disagreement: bool = True
+        self, obs: torch.Tensor, actions: torch.Tensor, disagreement: bool = True, split: bool = False
     ) -> dict[str, torch.Tensor]:
         """Imagines from observations ``(N, d)`` along action sequences: indices ``(N, H)`` (int64) of a discrete
         world model, or encoded actions ``(N, H, A)``; returns :meth:`~eqagent.world_model.EPWorldModel.imagine`'s
-        dict (without ``disagreement`` when not asked for)."""
+        dict (without ``disagreement`` when not asked for).
+
+        With ``split`` the members share the sequences out instead of each imagining all of them: sequence ``i`` is
+        imagined by member ``i // R`` alone (``R = ⌈N / M⌉``; the last member's block is padded by repeating the
+        last sequence, and the padding dropped), and the per-member outputs come back as one ``(1, N, …)`` member
+        axis. ``M`` times less imagined work; there is no disagreement to compute."""
         wm = self.wm
-        n, h = actions.shape[:2]
+        n_seq, h = actions.shape[:2]
         m, d = wm.config.members, wm.obs_dim
+        if split and disagreement:
+            raise ValueError("a split rollout imagines each sequence with one member: it has no disagreement")
         o_mean, o_std = wm.obs_norm.moments()
-        z = ((obs - o_mean) / o_std).unsqueeze(0).expand(m, n, d).contiguous()  # (M, N, d) normalised state
+        if split:  # member j takes sequences j·R … (j + 1)·R − 1
+            n = -(-n_seq // m)  # R
+            pad = m * n - n_seq
+            if pad:
+                obs = torch.cat([obs, obs[-1:].expand(pad, d)])
+                actions = torch.cat([actions, actions[-1:].expand(pad, *actions.shape[1:])])
+            z = ((obs - o_mean) / o_std).view(m, n, d)  # (M, R, d) normalised state
+            own_actions = actions.view(m, n, *actions.shape[1:])  # (M, R, H[, A])
+        else:
+            n = n_seq
+            z = (
+                ((obs - o_mean) / o_std).unsqueeze(0).expand(m, n, d).contiguous()
+            )  # (M, N, d) normalised state
         own = self._current()
 
         def prepare(folded: tuple) -> tuple:
             w1a, w1, rest, _, _, squash = folded
-            if actions.dim() == 2:  # discrete: one row of the per-action table per step, (M, H·N, K1)
+            if split:  # each member's own sequences, (M, H·R, K1)
+                steps = own_actions.transpose(1, 2).reshape(m, h * n, *actions.shape[2:])
+                if actions.dim() == 2:  # a row of the member's per-action table
+                    act_pre = w1a[2][torch.arange(m, device=steps.device)[:, None], steps]
+                else:
+                    act_pre = torch.baddbmm(w1a[1], steps, w1a[0])
+            elif actions.dim() == 2:  # discrete: one row of the per-action table per step, (M, H·N, K1)
                 act_pre = w1a[2].index_select(1, actions.T.reshape(-1))
             else:
                 a = actions.shape[-1]
@@ -167,6 +192,10 @@ class Imagination:
         if disagreement:
             result["disagreement"] = ((raw_dz - raw_dz.mean(1, keepdim=True)) ** 2).mean((1, 3)).T  # (N, H)
         outs = outs.permute(1, 2, 0, 3)  # (M, N, H, d + 2)
+        if split:  # one member per sequence: (1, N, …) in the sequences' order, the padding dropped
+            zs = zs.reshape(1, m * n, h + 1, d)[:, :n_seq]
+            outs = outs.reshape(1, m * n, h, -1)[:, :n_seq]
+            first_dz = first_dz.reshape(1, m * n, d)[:, :n_seq]
         return {
             "obs": zs * o_std + o_mean,
             "reward": wm.reward_norm.denormalize(outs[..., d]),

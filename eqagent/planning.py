@@ -9,8 +9,9 @@ envs × candidates × members). With ``alive_t = Π_{k<t}(1 − p_term,k)``:
            − λ_epi · mean_t disagreement_t            (epistemic value: ensemble disagreement)
            − λ_nov · Σ_t γ^t alive_t · novelty_t     (epistemic value: distance to the nearest visited state)
 
-averaged over ensemble members; the two epistemic terms count only while exploring (training; a deterministic
-prediction exploits), and λ_nov is in units of the spread of the first (random warm-up) rewards. With a
+averaged over the ensemble members that imagined π (by default one: the members share the candidates out,
+``PlannerConfig.split_members``; all of them where the disagreement counts); the two epistemic terms count only
+while exploring (training; a deterministic prediction exploits), and λ_nov is in units of the spread of the first (random warm-up) rewards. With a
 ``terminal_value`` ``V`` (e.g. :class:`eqagent.value.EPValueFunction`) the pragmatic term also counts what lies
 past the horizon: ``− γ^H alive_H · V(ô_H)``. With a ``preference`` (an energy over observations, lower =
 preferred) the pragmatic term is ``−Σ γ^t alive_t · (−preference(ô_{t+1}))`` (and the reward value is not used).
@@ -75,6 +76,12 @@ class PlannerConfig:
             (:meth:`~eqagent.world_model.EPWorldModel.measure_open_loop_error`: mean squared error in units of the
             observation spread) exceeds this, never below 2 steps; ``horizon`` is the most. 0: always
             ``horizon``. Until a measurement exists, ``horizon``.
+        split_members: The ensemble members share the candidates out, each candidate imagined by one member
+            (:meth:`~eqagent.world_model.EPWorldModel.imagine` with ``split=True``; as PETS' trajectory sampling
+            with one model per candidate): ``M`` times less imagined work per search, and the members' differing
+            predictions spread the candidates' scores the way the model is unsure. ``False``: every member
+            imagines every candidate and G is their mean. Where G counts the disagreement (``epistemic_weight``
+            while exploring) every member imagines every candidate regardless.
     """
 
     horizon: int = 15
@@ -90,6 +97,7 @@ class PlannerConfig:
     replan_every: int = 1
     reuse_z: float = 1.0
     error_tolerance: float = 0.0
+    split_members: bool = True
 
     def __post_init__(self) -> None:
         check_finite_fields(self)
@@ -224,7 +232,9 @@ class CEMPlanner(Planner):
         self.terminal_value = terminal_value
         self._explore = True  # set by each plan() call
         # a world model whose imagine() can leave the disagreement out (when G does not count it)
-        self._can_skip_disagreement = "disagreement" in inspect.signature(world_model.imagine).parameters
+        imagine_args = inspect.signature(world_model.imagine).parameters
+        self._can_skip_disagreement = "disagreement" in imagine_args
+        self._can_split = self._can_skip_disagreement and "split" in imagine_args
         n, h = self.wm.act_dim, self.cfg.horizon
         self._enumerate = self.wm.discrete and n**h <= self.cfg.candidates
         if self._enumerate:
@@ -298,14 +308,23 @@ class CEMPlanner(Planner):
         parts = [dist.reshape(e, -1), best, pred, g[:, None], age[:, None].float()]
         return torch.cat(parts, 1).cpu().numpy().astype(np.float32)
 
+    def _splits(self) -> bool:
+        """Whether this call's searches imagine each candidate with one member (see ``split_members``)."""
+        return (
+            self.cfg.split_members and self._can_split and not (self._explore and self.cfg.epistemic_weight)
+        )
+
     def _score(self, obs: torch.Tensor, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """G ``(E, C)`` and the first step's free-phase outputs ``(M, E, C, out)`` of sequences ``(E, C, H[, A])``."""
+        """G ``(E, C)`` and the first step's free-phase outputs ``(M, E, C, out)`` of sequences ``(E, C, H[, A])``
+        (``M`` = 1 where the members split the candidates)."""
         e, c = seqs.shape[:2]
         flat_obs = obs[:, None].expand(e, c, obs.shape[-1]).reshape(e * c, -1)
         h = self.horizon()  # the steps imagined; the sequences' later steps are planned, not scored, yet
         seqs_flat = (seqs if h == seqs.shape[2] else seqs[:, :, :h]).reshape(e * c, h, *seqs.shape[3:])
         if (self._explore and self.cfg.epistemic_weight) or not self._can_skip_disagreement:
             imagined = self.wm.imagine(flat_obs, seqs_flat)
+        elif self._splits():  # one member per candidate
+            imagined = self.wm.imagine(flat_obs, seqs_flat, disagreement=False, split=True)
         else:  # the disagreement is not counted: not computed
             imagined = self.wm.imagine(flat_obs, seqs_flat, disagreement=False)
         g = expected_free_energy(
@@ -363,13 +382,11 @@ class CEMPlanner(Planner):
             else:
                 planned = self._cem_box(obs[rows], warm_rows, generator, best)
             seq[rows], g[rows], new_dist[rows] = best.seq, best.g.to(g), planned
-            pred = best.pred
+            # the kept prediction is every member's: a split search imagined the first action with one
+            pred = self._kept(obs[rows], best.seq[:, 0]) if self._splits() else best.pred
         first = seq[:, 0]
         if bool(reuse.any()):  # the kept prediction of a reused plan's action: one free phase
-            if hasattr(self.wm, "predict_out"):  # the raw output alone
-                reused = self.wm.predict_out(obs[reuse], first[reuse])
-            else:
-                reused = self.wm.predict_members(obs[reuse], first[reuse])["out"]
+            reused = self._kept(obs[reuse], first[reuse])
             out = reused.new_empty(reused.shape[0], e, reused.shape[-1])
             out[:, reuse] = reused
             if len(rows):
@@ -383,6 +400,12 @@ class CEMPlanner(Planner):
         return PlanResult(action=action, free_energy=g.cpu().numpy(), prediction=out, sequence=seq_np,
                           state=self._pack(new_dist, seq, next_obs, g, new_age),
                           reused=reuse.cpu().numpy())  # fmt: skip
+
+    def _kept(self, obs: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+        """Every member's free-phase output ``(M, B, out)`` for ``(obs, action)``: the prediction kept for learning."""
+        if hasattr(self.wm, "predict_out"):  # the raw output alone
+            return self.wm.predict_out(obs, action)
+        return self.wm.predict_members(obs, action)["out"]
 
     def _elites(self, obs, seqs: torch.Tensor, best: _Best, start: torch.Tensor | None) -> torch.Tensor:
         """Puts the best sequence so far (or the warm start's) in as candidate 0, scores ``seqs`` ``(E, C, …)``,

@@ -324,7 +324,9 @@ class EPWorldModel(nn.Module):
         return torch.cdist(x, ref).amin(-1).reshape(obs.shape[:-1])
 
     @torch.no_grad()
-    def imagine(self, obs, action_sequences, disagreement: bool = True) -> dict[str, torch.Tensor]:
+    def imagine(
+        self, obs, action_sequences, disagreement: bool = True, split: bool = False
+    ) -> dict[str, torch.Tensor]:
         """Rolls every member forward from ``obs`` along each action sequence (one batched pass per step).
 
         Each imagined step is the free equilibrium of the energy (its feed-forward pass), computed for all
@@ -336,12 +338,16 @@ class EPWorldModel(nn.Module):
         Args:
             obs: A single observation ``(d,)`` (broadcast) or one per sequence ``(N, d)``.
             action_sequences: ``(N, H)`` discrete actions or ``(N, H, act_dim)`` Box actions.
+            disagreement: Whether to compute the members' disagreement.
+            split: The members share the sequences out: sequence ``i`` is imagined by member ``i // ⌈N / M⌉``
+                alone (``M`` times less work; needs ``disagreement=False``). The member axis of the outputs is
+                then 1: each sequence's own member.
 
         Returns:
             ``obs`` ``(M, N, H + 1, d)``, ``reward`` ``(M, N, H)``, ``term_prob`` ``(M, N, H)``,
             ``disagreement`` ``(N, H)`` (unless ``disagreement=False``: a caller that does not use it saves its
             computation), and ``first_out`` ``(M, N, d + 2)``: the raw free-phase output of the first
-            step (what :meth:`observe` reuses as the kept prediction).
+            step (what :meth:`observe` reuses as the kept prediction); with ``split``, ``M`` reads 1.
         """
         seq = (
             action_sequences
@@ -359,7 +365,7 @@ class EPWorldModel(nn.Module):
             raise ValueError(f"obs must be ({self.obs_dim},) or ({n}, {self.obs_dim}), got {tuple(o.shape)}")
         if self._imagination is None:
             self._imagination = Imagination(self)
-        return self._imagination.rollout(o, enc, disagreement)
+        return self._imagination.rollout(o, enc, disagreement, split)
 
     @torch.no_grad()
     def measure_open_loop_error(

@@ -34,7 +34,9 @@ def _returns(policy, n=10, seed=100):
 def test_learns_the_toy_env_in_a_few_hundred_steps():
     # Without the terminal value: in 300 steps its TD estimate (γ 0.99: values ~100× the reward) is still too noisy
     # here and costs the planner (agent 18.1 vs random 12.3 with it); known issue, see docs/benchmarks.md.
-    agent = EPAgent("eqagent/LineWorld-v0", seed=0, **TINY, terminal_value=False).learn(300)
+    # The default planner's sizes (2 s): TINY's 32 candidates shared out among 3 members leave ~11 per member, and
+    # its result swings with the seed (with either planner, seeds 0–9: 5 to 26).
+    agent = EPAgent("eqagent/LineWorld-v0", seed=0, terminal_value=False).learn(300)
     rng = np.random.default_rng(0)
     random_return = _returns(lambda o: int(rng.integers(2)))
     agent_return = _returns(lambda o: agent.predict(o)[0])

@@ -230,13 +230,19 @@ def test_world_model_imagines_through_the_kernel_when_asked(activation, monkeypa
     captured = []
     real = triton_imagine.fused_rollout
     monkeypatch.setattr(triton_imagine, "fused_rollout", lambda *a: captured.append(a) or real(*a))
-    got = models["triton"].imagine(obs, seqs)
-    want = models["torch"].imagine(obs, seqs)
-    assert len(captured) == 1
-    e_zs, _ = triton_imagine.rollout_error_bound(*captured[0])
     std = models["torch"].obs_norm.std.double()
-    bound = 2 * e_zs * std + 2 * 2.0**-24 * want["obs"].abs().double() + 1e-30  # + the rescale's own rounding
-    assert ((got["obs"] - want["obs"]).abs().double() <= bound).all()
+    for split in (False, True):  # every member × sequence, and the members sharing the sequences out
+        captured.clear()
+        got = models["triton"].imagine(obs, seqs, disagreement=not split, split=split)
+        want = models["torch"].imagine(obs, seqs, disagreement=not split, split=split)
+        assert len(captured) == 1
+        e_zs, _ = triton_imagine.rollout_error_bound(*captured[0])
+        if split:  # each sequence's own member's bound, in the sequences' order
+            e_zs = e_zs.reshape(1, -1, *e_zs.shape[2:])[:, : seqs.shape[0]]
+        bound = (
+            2 * e_zs * std + 2 * 2.0**-24 * want["obs"].abs().double() + 1e-30
+        )  # + the rescale's own rounding
+        assert ((got["obs"] - want["obs"]).abs().double() <= bound).all()
     assert models["torch"]._imagination.backend(obs.device) == "torch"
 
 

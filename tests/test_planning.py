@@ -103,6 +103,34 @@ def test_plans_with_the_ep_world_model():
     assert pres.action.shape == (1, 1) and -2.0 <= pres.action[0, 0] <= 2.0
 
 
+def test_split_members_share_the_candidates_out_and_keep_every_members_prediction(monkeypatch):
+    """By default each candidate is imagined by one member; the kept prediction is still every member's free phase
+    for the chosen action; with the disagreement counted (exploring) or ``split_members=False`` every member
+    imagines every candidate."""
+    env = gym.make("CartPole-v1")
+    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(hidden=(16,), members=3))
+    obs, _ = env.reset(seed=0)
+    calls = []
+    real = wm.imagine
+
+    def spy(obs, seqs, disagreement=True, split=False):
+        calls.append(split)
+        return real(obs, seqs, disagreement, split)
+
+    monkeypatch.setattr(wm, "imagine", spy)
+    cfg = dict(horizon=6, candidates=32, elites=4, iterations=2)
+    res = CEMPlanner(wm, PlannerConfig(**cfg)).plan(obs, generator=torch.Generator().manual_seed(0))
+    assert calls == [True, True] and res.prediction.shape == (3, 1, 6)
+    torch.testing.assert_close(res.prediction, wm.predict_members(obs[None], res.action)["out"])
+    calls.clear()
+    CEMPlanner(wm, PlannerConfig(**cfg, split_members=False)).plan(obs)
+    CEMPlanner(wm, PlannerConfig(**cfg, epistemic_weight=1.0)).plan(obs)
+    assert calls == [False] * 4
+    calls.clear()
+    CEMPlanner(wm, PlannerConfig(**cfg, epistemic_weight=1.0)).plan(obs, explore=False)  # not counted: split
+    assert calls == [True, True]
+
+
 def test_bad_config():
     with pytest.raises(ValueError, match="elites"):
         PlannerConfig(candidates=4, elites=8)

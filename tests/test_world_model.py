@@ -105,6 +105,36 @@ def test_imagine_equals_stepping_the_free_phase(env_id, activation):
         torch.testing.assert_close(out["obs"][:, :, t + 1], cur, atol=1e-4, rtol=1e-5)
 
 
+@pytest.mark.parametrize("env_id", ["CartPole-v1", "Pendulum-v1"])
+def test_split_imagine_gives_each_sequence_its_own_members_rollout(env_id):
+    """``split=True``: sequence ``i`` is imagined by member ``i // ⌈N / M⌉`` alone, exactly as that member imagines
+    it in the full rollout (7 sequences, 3 members: blocks of 3, the last padded)."""
+    env = gym.make(env_id)
+    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(**SMALL))
+    obs, _ = env.reset(seed=0)
+    for _ in range(40):  # non-trivial normalisers and weights
+        a = env.action_space.sample()
+        nxt, r, term, trunc, _ = env.step(a)
+        wm.observe(obs, a, nxt, float(r), term)
+        obs = nxt if not (term or trunc) else env.reset()[0]
+    rng = np.random.default_rng(2)
+    n, h = 7, 5
+    seqs = (
+        rng.integers(0, 2, size=(n, h)) if wm.discrete else rng.uniform(-2, 2, (n, h, 1)).astype(np.float32)
+    )
+    starts = torch.as_tensor(obs) + 0.1 * torch.randn(
+        n, wm.obs_dim, generator=torch.Generator().manual_seed(0)
+    )
+    full = wm.imagine(starts, seqs, disagreement=False)
+    split = wm.imagine(starts, seqs, disagreement=False, split=True)
+    owner = torch.arange(n) // 3
+    for key in ("obs", "reward", "term_prob", "first_out"):
+        assert split[key].shape == (1, *full[key].shape[1:]), key
+        torch.testing.assert_close(split[key][0], full[key][owner, torch.arange(n)], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="disagreement"):
+        wm.imagine(starts, seqs, split=True)
+
+
 def test_replay_memory_is_bounded():
     env = gym.make("CartPole-v1")
     wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(replay_size=50, **SMALL))
