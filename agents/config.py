@@ -44,7 +44,7 @@ class EPAgentConfig:
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     value: ValueConfig = field(default_factory=ValueConfig)
     terminal_value: bool = True
-    value_updates_per_step: int = 2
+    value_updates_per_step: int = 1
     learning_starts: int = 100
     error_check_every: int = 100
     preference: str = ""
