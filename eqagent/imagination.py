@@ -133,10 +133,8 @@ class Imagination:
             z = ((obs - o_mean) / o_std).view(m, n, d)  # (M, R, d) normalised state
             own_actions = actions.view(m, n, *actions.shape[1:])  # (M, R, H[, A])
         else:
-            n = n_seq
-            z = (
-                ((obs - o_mean) / o_std).unsqueeze(0).expand(m, n, d).contiguous()
-            )  # (M, N, d) normalised state
+            n = n_seq  # (M, N, d) normalised state
+            z = ((obs - o_mean) / o_std).unsqueeze(0).expand(m, n, d).contiguous()
         own = self._current()
 
         def prepare(folded: tuple) -> tuple:

@@ -11,10 +11,11 @@ envs × candidates × members). With ``alive_t = Π_{k<t}(1 − p_term,k)``:
 
 averaged over the ensemble members that imagined π (by default one: the members share the candidates out,
 ``PlannerConfig.split_members``; all of them where the disagreement counts); the two epistemic terms count only
-while exploring (training; a deterministic prediction exploits), and λ_nov is in units of the spread of the first (random warm-up) rewards. With a
-``terminal_value`` ``V`` (e.g. :class:`eqagent.value.EPValueFunction`) the pragmatic term also counts what lies
-past the horizon: ``− γ^H alive_H · V(ô_H)``. With a ``preference`` (an energy over observations, lower =
-preferred) the pragmatic term is ``−Σ γ^t alive_t · (−preference(ô_{t+1}))`` (and the reward value is not used).
+while exploring (training; a deterministic prediction exploits), and λ_nov is in units of the spread of the first
+(random warm-up) rewards. With a ``terminal_value`` ``V`` (e.g. :class:`eqagent.value.EPValueFunction`) the
+pragmatic term also counts what lies past the horizon: ``− γ^H alive_H · V(ô_H)``. With a ``preference`` (an
+energy over observations, lower = preferred) the pragmatic term is ``−Σ γ^t alive_t · (−preference(ô_{t+1}))``
+(and the reward value is not used).
 The planner returns the first action of the best sequence and the world model's free-phase prediction for it
 (kept for learning, not recomputed).
 
