@@ -15,7 +15,8 @@ SB3 runs can be cached (``sb3_cache``): one JSON file per (env, algorithm, seed,
 holding the run's evaluations and the date it ran; a later suite reuses it instead of training again.
 
 Outputs in ``out``: ``suite.json`` (``{"envs": {ID: {"ep_steps", "sb3_steps", "sb3_algo", "sb3_reached",
-"ep_final", "sb3_final", ...}}}``), ``suite.md`` (one row per env) and ``suite_curves.png`` (every env's curves).
+"ep_final", "sb3_final", ...}}}``, and per algorithm each seed's held steps and evaluation curve), ``suite.md``
+(one row per env) and ``suite_curves.png`` (every env's curves).
 """
 
 from __future__ import annotations
@@ -241,7 +242,7 @@ def _env_figures(env_id: str, runs: list[dict]) -> dict[str, Any]:
 
     spec = SUITE[env_id]
     by_algo: dict[str, list[dict]] = {}
-    for r in runs:
+    for r in sorted(runs, key=lambda r: r["seed"]):  # per-seed lists in seed order
         by_algo.setdefault(r["algo"], []).append(r)
     per_algo = {}
     for algo, rs in by_algo.items():
@@ -253,6 +254,8 @@ def _env_figures(env_id: str, runs: list[dict]) -> dict[str, Any]:
             "budget": budget, "steps_held": held, "steps_median": None if math.isinf(med) else med,
             "reached": all(h is not None for h in held), "final": float(np.median([r["final_mean"] for r in rs])),
             "cached": any(r.get("cached") for r in rs), "dates": sorted({r.get("date", "") for r in rs} - {""}),
+            # per seed, the evaluations behind the figures: [[step, mean return], ...]
+            "curves": [[[e["step"], e["mean"]] for e in r["evaluations"]] for r in rs],
         }  # fmt: skip
     ep = per_algo.get("ep", {})
     sb3 = {a: v for a, v in per_algo.items() if a != "ep"}

@@ -130,5 +130,11 @@ def test_suite_runs_ep_and_sb3_with_held_steps_and_reuses_the_sb3_cache(tmp_path
     assert len(list(cache.glob("*.json"))) == 2 and (out / "suite_curves.png").stat().st_size > 1000
     assert "| CartPole-v1 | 475 |" in (out / "suite.md").read_text()
     assert not row["algos"]["ep"]["cached"]  # the EP agent is never cached
+    curves = row["algos"]["ep"]["curves"]  # per seed: [step, mean] from the evaluation before training on
+    assert (
+        len(curves) == 1
+        and curves[0][0][0] == 0
+        and [c[0] for c in curves[0]] == sorted(c[0] for c in curves[0])
+    )
     assert main(["suite", "--envs", "Nope-v0", "--out", str(out)]) == 2
     assert main(["suite", "--no-ep", "--no-sb3", "--out", str(out)]) == 2
