@@ -9,9 +9,8 @@ envs × candidates × members). With ``alive_t = Π_{k<t}(1 − p_term,k)``:
            − λ_epi · mean_t disagreement_t            (epistemic value: ensemble disagreement)
            − λ_nov · Σ_t γ^t alive_t · novelty_t     (epistemic value: distance to the nearest visited state)
 
-averaged over the ensemble members that imagined π (while exploring, by default one: the members share the
-candidates out, ``PlannerConfig.split_members``; a deterministic prediction uses all of them); the two epistemic
-terms count only
+averaged over the ensemble members that imagined π (by default one: the members share the candidates out,
+``PlannerConfig.split_members``; all of them where the disagreement counts); the two epistemic terms count only
 while exploring (training; a deterministic prediction exploits), and λ_nov is in units of the spread of the first
 (random warm-up) rewards. With a ``terminal_value`` ``V`` (e.g. :class:`eqagent.value.EPValueFunction`) the
 pragmatic term also counts what lies past the horizon: ``− γ^H alive_H · V(ô_H)``. With a ``preference`` (an
@@ -78,14 +77,12 @@ class PlannerConfig:
             (:meth:`~eqagent.world_model.EPWorldModel.measure_open_loop_error`: mean squared error in units of the
             observation spread) exceeds this, never below 2 steps; ``horizon`` is the most. 0: always
             ``horizon``. Until a measurement exists, ``horizon``.
-        split_members: While exploring (training), the ensemble members share the candidates out, each
-            candidate imagined by one member (:meth:`~eqagent.world_model.EPWorldModel.imagine` with
-            ``split=True``; as PETS' trajectory sampling with one model per candidate): ``M`` times less imagined
-            work per search, and the members' differing predictions spread the candidates' scores the way the
-            model is unsure. A deterministic prediction (``explore=False``) always uses every member: a candidate
-            picked by one member's score is one that member alone may be optimistic about, which is exploration,
-            not exploitation. ``False``: every member imagines every candidate and G is their mean. Where G
-            counts the disagreement (``epistemic_weight``) every member imagines every candidate regardless.
+        split_members: The ensemble members share the candidates out, each candidate imagined by one member
+            (:meth:`~eqagent.world_model.EPWorldModel.imagine` with ``split=True``; as PETS' trajectory sampling
+            with one model per candidate): ``M`` times less imagined work per search, and the members' differing
+            predictions spread the candidates' scores the way the model is unsure. ``False``: every member
+            imagines every candidate and G is their mean. Where G counts the disagreement (``epistemic_weight``
+            while exploring) every member imagines every candidate regardless.
     """
 
     horizon: int = 15
@@ -313,9 +310,10 @@ class CEMPlanner(Planner):
         return torch.cat(parts, 1).cpu().numpy().astype(np.float32)
 
     def _splits(self) -> bool:
-        """Whether this call's searches imagine each candidate with one member (see ``split_members``): only
-        while exploring, and not where G counts the disagreement."""
-        return self.cfg.split_members and self._can_split and self._explore and not self.cfg.epistemic_weight
+        """Whether this call's searches imagine each candidate with one member (see ``split_members``)."""
+        return (
+            self.cfg.split_members and self._can_split and not (self._explore and self.cfg.epistemic_weight)
+        )
 
     def _score(self, obs: torch.Tensor, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """G ``(E, C)`` and the first step's free-phase outputs ``(M, E, C, out)`` of sequences ``(E, C, H[, A])``

@@ -104,9 +104,9 @@ def test_plans_with_the_ep_world_model():
 
 
 def test_split_members_share_the_candidates_out_and_keep_every_members_prediction(monkeypatch):
-    """By default, while exploring, each candidate is imagined by one member; the kept prediction is still every
-    member's free phase for the chosen action; a deterministic plan, the disagreement counted or
-    ``split_members=False``: every member imagines every candidate."""
+    """By default each candidate is imagined by one member; the kept prediction is still every member's free phase
+    for the chosen action; with the disagreement counted (exploring) or ``split_members=False`` every member
+    imagines every candidate."""
     env = gym.make("CartPole-v1")
     wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(hidden=(16,), members=3))
     obs, _ = env.reset(seed=0)
@@ -127,8 +127,8 @@ def test_split_members_share_the_candidates_out_and_keep_every_members_predictio
     CEMPlanner(wm, PlannerConfig(**cfg, epistemic_weight=1.0)).plan(obs)
     assert calls == [False] * 4
     calls.clear()
-    CEMPlanner(wm, PlannerConfig(**cfg)).plan(obs, explore=False)  # exploiting: the ensemble's mean decides
-    assert calls == [False, False]
+    CEMPlanner(wm, PlannerConfig(**cfg, epistemic_weight=1.0)).plan(obs, explore=False)  # not counted: split
+    assert calls == [True, True]
 
 
 def test_bad_config():
