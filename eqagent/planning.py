@@ -82,7 +82,10 @@ class PlannerConfig:
             with one model per candidate): ``M`` times less imagined work per search, and the members' differing
             predictions spread the candidates' scores the way the model is unsure. ``False``: every member
             imagines every candidate and G is their mean. Where G counts the disagreement (``epistemic_weight``
-            while exploring) every member imagines every candidate regardless.
+            while exploring) every member imagines every candidate regardless. Deterministic predictions split
+            too (the policy evaluated is the one trained, less its exploration terms); where one member's
+            optimism decides, e.g. a hallucinated termination on Acrobot, that costs return (docs/benchmarks.md,
+            session 15).
     """
 
     horizon: int = 15
