@@ -9,6 +9,7 @@ from eqagent.agents import EPAgent
 from eqagent.agents.preferences import resolve_preference
 from eqagent.apps.cli import main
 from stable_baselines3.common.evaluation import evaluate_policy
+from stable_baselines3.common.vec_env import DummyVecEnv
 
 TINY = dict(
     world_model=dict(hidden=(16, 16), members=3),
@@ -255,13 +256,20 @@ def test_default_agent_learns_an_env_with_odd_scales():
         env = TransformReward(env, lambda r: 100.0 * r)
         return Monitor(RescaleAction(env, np.float32(-5.0), np.float32(20.0)))
 
+    def score(agent):  # the same ten seeded start states every time (an unseeded env made this test flaky)
+        venv = DummyVecEnv([make])
+        venv.seed(1)
+        return evaluate_policy(agent, venv, n_eval_episodes=10)[0]
+
     agent = EPAgent(make(), seed=0)
-    before, _ = evaluate_policy(agent, make(), n_eval_episodes=5)
+    before = score(agent)
     agent.learn(300)
-    after, _ = evaluate_policy(agent, make(), n_eval_episodes=5)
+    after = score(agent)
     action, _ = agent.predict(np.array([[900.0]], np.float32), deterministic=True)
     assert agent.action_space.contains(action[0])
-    assert after > before + 300, (before, after)  # per-step reward ×100, 30-step episodes
+    # Per-step reward ×100, 30-step episodes: staying put scores ~1,470 on average, the optimum ~2,850 (≥ 2,550 on
+    # every start). Trained agents score 2,750–2,800 on seeds 0–3; an untrained one anywhere from ~0 to ~2,500.
+    assert after > 2600 and after > before, (before, after)
 
 
 def test_background_evaluation_scores_as_in_line(tmp_path):
