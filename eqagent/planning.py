@@ -68,6 +68,8 @@ class PlannerConfig:
             exploring (training), not by deterministic predictions.
         smoothing: Weight of the old distribution when refitting (0: none).
         min_std: Floor of the Gaussian std (Box actions, in units of the action range).
+        init_std: Std of each search's first Gaussian (Box actions, in units of the action range), around the
+            middle of the range (cold) or the previous plan's mean shifted by one step (warm).
         replan_every: Search at least every this many steps; in between, an env whose last step the world model
             predicted unsurprisingly takes the next action of its previous plan (1: search at every step).
         reuse_z: "Unsurprising" for ``replan_every``: the step's prediction error below this many standard
@@ -98,6 +100,7 @@ class PlannerConfig:
     novelty_weight: float = 3.0
     smoothing: float = 0.1
     min_std: float = 0.05
+    init_std: float = 0.5
     replan_every: int = 1
     reuse_z: float = 1.0
     error_tolerance: float = 0.0
@@ -120,6 +123,8 @@ class PlannerConfig:
             )
         if self.error_tolerance < 0:
             raise ValueError(f"error_tolerance must be >= 0, got {self.error_tolerance}")
+        if not 0 < self.init_std <= 1:
+            raise ValueError(f"init_std must lie in (0, 1], got {self.init_std}")
 
 
 @dataclass
@@ -288,7 +293,7 @@ class CEMPlanner(Planner):
         if self.wm.discrete:
             return torch.full((e, h, n), 1.0 / n, device=self.device)
         low, high = self.wm.act_low, self.wm.act_high
-        return torch.cat([(low + high) / 2, (high - low) / 2]).expand(e, h, 2 * n).clone()
+        return torch.cat([(low + high) / 2, self.cfg.init_std * (high - low)]).expand(e, h, 2 * n).clone()
 
     def cold_state(self, e: int) -> np.ndarray:
         """The state of an env without a previous plan ``(E, state_size)``: the cold distribution (uniform over
@@ -446,7 +451,7 @@ class CEMPlanner(Planner):
         low, high = self.wm.act_low, self.wm.act_high
         span = high - low
         mean = ((low + high) / 2).expand(e, h, a).clone()
-        std = (span / 2).expand(e, h, a).clone()
+        std = (self.cfg.init_std * span).expand(e, h, a).clone()
         start = None
         if warm is not None:  # the previous plan's mean shifted by one; its best sequence competes
             mean[:, :-1] = warm[0][:, 1:, :a]

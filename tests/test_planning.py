@@ -138,6 +138,23 @@ def test_bad_config():
         PlannerConfig(discount=0.0)
     with pytest.raises(ValueError, match="termination_penalty must be a finite"):
         PlannerConfig(termination_penalty=float("nan"))
+    with pytest.raises(ValueError, match="init_std"):
+        PlannerConfig(init_std=0.0)
+
+
+@pytest.mark.parametrize("init_std", [0.05, 0.1])
+def test_box_search_starts_at_init_std_of_the_action_range(monkeypatch, init_std):
+    """A cold Box search draws its first candidates around the middle of the range with std init_std · range."""
+    planner = CEMPlanner(LineWorld(False), PlannerConfig(horizon=5, candidates=256, elites=16, init_std=init_std))
+    seen = []
+    score = planner._score
+    monkeypatch.setattr(planner, "_score", lambda obs, seqs, **k: seen.append(seqs.clone()) or score(obs, seqs, **k))
+    planner.plan(np.array([0.5]), generator=torch.Generator().manual_seed(0))
+    first = seen[0]  # (E, C, H, A): the first iteration's candidates
+    assert float(first.mean()) == pytest.approx(0.0, abs=0.05)
+    assert float(first.std()) == pytest.approx(init_std * 2.0, rel=0.1)  # the range [-1, 1] spans 2
+    mean, std = torch.as_tensor(planner.cold_state(1))[0, : 2 * 5].reshape(5, 2).T
+    assert torch.all(mean == 0) and torch.allclose(std, torch.full((5,), init_std * 2.0))
 
 
 def test_terminal_value_counts_past_the_horizon_weighted_by_survival():
