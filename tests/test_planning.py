@@ -145,10 +145,14 @@ def test_bad_config():
 @pytest.mark.parametrize("init_std", [0.05, 0.1])
 def test_box_search_starts_at_init_std_of_the_action_range(monkeypatch, init_std):
     """A cold Box search draws its first candidates around the middle of the range with std init_std · range."""
-    planner = CEMPlanner(LineWorld(False), PlannerConfig(horizon=5, candidates=256, elites=16, init_std=init_std))
+    planner = CEMPlanner(
+        LineWorld(False), PlannerConfig(horizon=5, candidates=256, elites=16, init_std=init_std)
+    )
     seen = []
     score = planner._score
-    monkeypatch.setattr(planner, "_score", lambda obs, seqs, **k: seen.append(seqs.clone()) or score(obs, seqs, **k))
+    monkeypatch.setattr(
+        planner, "_score", lambda obs, seqs, **k: seen.append(seqs.clone()) or score(obs, seqs, **k)
+    )
     planner.plan(np.array([0.5]), generator=torch.Generator().manual_seed(0))
     first = seen[0]  # (E, C, H, A): the first iteration's candidates
     assert float(first.mean()) == pytest.approx(0.0, abs=0.05)
