@@ -70,6 +70,12 @@ class PlannerConfig:
         min_std: Floor of the Gaussian std (Box actions, in units of the action range).
         init_std: Std of each search's first Gaussian (Box actions, in units of the action range), around the
             middle of the range (cold) or the previous plan's mean shifted by one step (warm).
+        exploit_init_std: ``init_std`` of the searches that exploit (``explore=False``: deterministic predictions,
+            evaluation); ``None``: ``init_std``. Narrower than the exploring searches' by default (a quarter of the
+            range, PETS' choice): an exploiting search looks for the best action the model knows, and a first
+            Gaussian half the range wide puts many candidates at the range's ends, whose first steps the model
+            often cannot tell apart (InvertedPendulum: evaluation episodes of 3 steps after a first action of −3,
+            docs/benchmarks.md, session 16).
         replan_every: Search at least every this many steps; in between, an env whose last step the world model
             predicted unsurprisingly takes the next action of its previous plan (1: search at every step).
         reuse_z: "Unsurprising" for ``replan_every``: the step's prediction error below this many standard
@@ -101,6 +107,7 @@ class PlannerConfig:
     smoothing: float = 0.1
     min_std: float = 0.05
     init_std: float = 0.5
+    exploit_init_std: float | None = 0.25
     replan_every: int = 1
     reuse_z: float = 1.0
     error_tolerance: float = 0.0
@@ -123,8 +130,12 @@ class PlannerConfig:
             )
         if self.error_tolerance < 0:
             raise ValueError(f"error_tolerance must be >= 0, got {self.error_tolerance}")
-        if not 0 < self.init_std <= 1:
-            raise ValueError(f"init_std must lie in (0, 1], got {self.init_std}")
+        if not 0 < self.init_std <= 1 or not (
+            self.exploit_init_std is None or 0 < self.exploit_init_std <= 1
+        ):
+            raise ValueError(
+                f"init_std and exploit_init_std must lie in (0, 1], got {self.init_std}, {self.exploit_init_std}"
+            )
 
 
 @dataclass
@@ -451,7 +462,12 @@ class CEMPlanner(Planner):
         low, high = self.wm.act_low, self.wm.act_high
         span = high - low
         mean = ((low + high) / 2).expand(e, h, a).clone()
-        std = (self.cfg.init_std * span).expand(e, h, a).clone()
+        init = (
+            self.cfg.init_std
+            if self._explore or self.cfg.exploit_init_std is None
+            else self.cfg.exploit_init_std
+        )
+        std = (init * span).expand(e, h, a).clone()
         start = None
         if warm is not None:  # the previous plan's mean shifted by one; its best sequence competes
             mean[:, :-1] = warm[0][:, 1:, :a]

@@ -140,6 +140,8 @@ def test_bad_config():
         PlannerConfig(termination_penalty=float("nan"))
     with pytest.raises(ValueError, match="init_std"):
         PlannerConfig(init_std=0.0)
+    with pytest.raises(ValueError, match="exploit_init_std"):
+        PlannerConfig(exploit_init_std=1.5)
 
 
 @pytest.mark.parametrize("init_std", [0.05, 0.1])
@@ -159,6 +161,13 @@ def test_box_search_starts_at_init_std_of_the_action_range(monkeypatch, init_std
     assert float(first.std()) == pytest.approx(init_std * 2.0, rel=0.1)  # the range [-1, 1] spans 2
     mean, std = torch.as_tensor(planner.cold_state(1))[0, : 2 * 5].reshape(5, 2).T
     assert torch.all(mean == 0) and torch.allclose(std, torch.full((5,), init_std * 2.0))
+    seen.clear()
+    planner.cfg.exploit_init_std = 2 * init_std  # the exploiting searches' own first spread
+    planner.plan(np.array([0.5]), generator=torch.Generator().manual_seed(0), explore=False)
+    assert float(seen[0].std()) == pytest.approx(2 * init_std * 2.0, rel=0.1)
+    seen.clear()
+    planner.plan(np.array([0.5]), generator=torch.Generator().manual_seed(0), explore=True)
+    assert float(seen[0].std()) == pytest.approx(init_std * 2.0, rel=0.1)
 
 
 def test_terminal_value_counts_past_the_horizon_weighted_by_survival():
