@@ -79,6 +79,9 @@ def derived_defaults(
       per imagined step), and 4 world-model updates per step (continuous control needs the finer model); over
       either, a search at least every 2nd step (in between, a step the world model predicted unsurprisingly
       takes the next action of the previous plan);
+    * over a ``Discrete`` space, 3 iterations for an exploiting search that scores with every member (where
+      ending an episode is a gain, ``PlannerConfig.exploit_members``): a deterministic prediction there refines
+      its categorical instead of taking the best of one random draw;
     * the termination risk's weight derived from the rewards seen (``planner.termination_penalty = None``:
       ``max(0, mean reward per step) · horizon``): ending an episode is bad where rewards are earned per step
       alive (CartPole, InvertedPendulum), neutral where they are costs (Acrobot, MountainCar);
@@ -92,7 +95,7 @@ def derived_defaults(
     planner: dict[str, Any] = {"termination_penalty": None, "replan_every": 2}
     out: dict[str, Any] = {"planner": planner}
     if discrete:
-        planner.update(horizon=20, candidates=128, iterations=1, elites=16)
+        planner.update(horizon=20, candidates=128, iterations=1, elites=16, exploit_iterations=3)
     else:
         planner.update(horizon=15, candidates=256, iterations=4, elites=32)
         out["world_model"] = {"updates_per_step": 4}

@@ -10,7 +10,8 @@ envs × candidates × members). With ``alive_t = Π_{k<t}(1 − p_term,k)``:
            − λ_nov · Σ_t γ^t alive_t · novelty_t     (epistemic value: distance to the nearest visited state)
 
 averaged over the ensemble members that imagined π (by default one: the members share the candidates out,
-``PlannerConfig.split_members``; all of them where the disagreement counts); the two epistemic terms count only
+``PlannerConfig.split_members``; all of them where the disagreement counts, and in an exploiting search where
+ending an episode is a gain, ``PlannerConfig.exploit_members``); the two epistemic terms count only
 while exploring (training; a deterministic prediction exploits), and λ_nov is in units of the spread of the first
 (random warm-up) rewards. With a ``terminal_value`` ``V`` (e.g. :class:`eqagent.value.EPValueFunction`) the
 pragmatic term also counts what lies past the horizon: ``− γ^H alive_H · V(ô_H)``. With a ``preference`` (an
@@ -76,6 +77,15 @@ class PlannerConfig:
             Gaussian half the range wide puts many candidates at the range's ends, whose first steps the model
             often cannot tell apart (InvertedPendulum: evaluation episodes of 3 steps after a first action of −3,
             docs/benchmarks.md, session 16).
+        exploit_members: Which members score the candidates of an exploiting search (``explore=False``):
+            ``split`` (as ``split_members`` says, as in training), ``all`` (every member imagines every candidate,
+            G their mean), or ``auto``: ``all`` where ending an episode is a gain — the termination penalty is
+            derived (``termination_penalty = None``) and is 0 (rewards are costs) and the world model has seen an
+            episode end — else ``split``. There the return hangs on reaching an ending the model predicts, and a
+            candidate that one member alone imagines ending is the split search's favourite: a hallucinated
+            ending (Acrobot, docs/benchmarks.md, sessions 15–17). Training keeps the split (its optimism explores).
+        exploit_iterations: CEM iterations of an exploiting search that uses every member (``exploit_members``);
+            ``None``: ``iterations``.
         replan_every: Search at least every this many steps; in between, an env whose last step the world model
             predicted unsurprisingly takes the next action of its previous plan (1: search at every step).
         reuse_z: "Unsurprising" for ``replan_every``: the step's prediction error below this many standard
@@ -91,9 +101,8 @@ class PlannerConfig:
             predictions spread the candidates' scores the way the model is unsure. ``False``: every member
             imagines every candidate and G is their mean. Where G counts the disagreement (``epistemic_weight``
             while exploring) every member imagines every candidate regardless. Deterministic predictions split
-            too (the policy evaluated is the one trained, less its exploration terms); where one member's
-            optimism decides, e.g. a hallucinated termination on Acrobot, that costs return (docs/benchmarks.md,
-            session 15).
+            too (the policy evaluated is the one trained, less its exploration terms), except where
+            ``exploit_members`` says otherwise.
     """
 
     horizon: int = 15
@@ -108,6 +117,8 @@ class PlannerConfig:
     min_std: float = 0.05
     init_std: float = 0.5
     exploit_init_std: float | None = 0.25
+    exploit_members: str = "auto"
+    exploit_iterations: int | None = None
     replan_every: int = 1
     reuse_z: float = 1.0
     error_tolerance: float = 0.0
@@ -117,6 +128,10 @@ class PlannerConfig:
         check_finite_fields(self)
         if self.horizon < 2 or self.candidates < 1 or self.iterations < 1 or self.replan_every < 1:
             raise ValueError("horizon must be >= 2, candidates, iterations and replan_every >= 1")
+        if self.exploit_members not in ("auto", "split", "all"):
+            raise ValueError(f"exploit_members must be auto, split or all, got {self.exploit_members!r}")
+        if self.exploit_iterations is not None and self.exploit_iterations < 1:
+            raise ValueError(f"exploit_iterations must be >= 1 or None, got {self.exploit_iterations}")
         if not 1 <= self.elites <= self.candidates:
             raise ValueError(f"elites must lie in [1, candidates], got {self.elites}")
         if not 0 < self.discount <= 1:
@@ -251,6 +266,7 @@ class CEMPlanner(Planner):
         self.preference = preference
         self.terminal_value = terminal_value
         self._explore = True  # set by each plan() call
+        self._exploit_all = False  # an exploiting call that scores with every member (set by plan())
         # a world model whose imagine() can leave the disagreement out (when G does not count it)
         imagine_args = inspect.signature(world_model.imagine).parameters
         self._can_skip_disagreement = "disagreement" in imagine_args
@@ -331,8 +347,27 @@ class CEMPlanner(Planner):
     def _splits(self) -> bool:
         """Whether this call's searches imagine each candidate with one member (see ``split_members``)."""
         return (
-            self.cfg.split_members and self._can_split and not (self._explore and self.cfg.epistemic_weight)
+            self.cfg.split_members
+            and self._can_split
+            and not (self._explore and self.cfg.epistemic_weight)
+            and not self._exploit_all
         )
+
+    def exploits_with_all_members(self) -> bool:
+        """Whether an exploiting search (``explore=False``) scores with every member (``exploit_members``)."""
+        mode = self.cfg.exploit_members
+        if mode != "auto":
+            return mode == "all"
+        return (
+            self.cfg.termination_penalty is None
+            and getattr(self.wm, "terminations", 0) > 0
+            and self.termination_penalty() == 0
+        )
+
+    def _iterations(self) -> int:
+        if self._exploit_all and self.cfg.exploit_iterations is not None:
+            return self.cfg.exploit_iterations
+        return self.cfg.iterations
 
     def _score(self, obs: torch.Tensor, seqs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """G ``(E, C)`` and the first step's free-phase outputs ``(M, E, C, out)`` of sequences ``(E, C, H[, A])``
@@ -367,6 +402,7 @@ class CEMPlanner(Planner):
         unsurprising`) takes the next action of that plan without a search. With ``explore=False`` the
         exploration terms of G (disagreement, novelty) are left out: the plan exploits what the model knows."""
         self._explore = bool(explore)
+        self._exploit_all = not self._explore and self.exploits_with_all_members()
         obs = torch.as_tensor(np.asarray(obs, dtype=np.float32) if not torch.is_tensor(obs) else obs)
         obs = obs.to(self.device, torch.float32).reshape(-1, self.wm.obs_dim)  # (E, d)
         e = obs.shape[0]
@@ -448,7 +484,7 @@ class CEMPlanner(Planner):
             start = torch.roll(
                 warm[1], -1, dims=1
             )  # (E, H): the previous best plan shifted, last step repeated
-        for _ in range(c.iterations):
+        for _ in range(self._iterations()):
             u = torch.rand(e, c.candidates, h, 1, generator=gen, device=self.device)
             seqs = (u > probs.cumsum(-1)[:, None]).sum(-1).clamp_max(n - 1)  # (E, C, H)
             top = self._elites(obs, seqs, best, start)[..., None].expand(-1, -1, h)
@@ -472,7 +508,7 @@ class CEMPlanner(Planner):
         if warm is not None:  # the previous plan's mean shifted by one; its best sequence competes
             mean[:, :-1] = warm[0][:, 1:, :a]
             start = torch.roll(warm[1], -1, dims=1)
-        for _ in range(c.iterations):
+        for _ in range(self._iterations()):
             noise = torch.randn(e, c.candidates, h, a, generator=gen, device=self.device)
             seqs = torch.maximum(torch.minimum(mean[:, None] + std[:, None] * noise, high), low)
             idx = self._elites(obs, seqs, best, start)[..., None, None].expand(-1, -1, h, a)

@@ -184,6 +184,7 @@ class EPWorldModel(nn.Module):
         self.rng = np.random.default_rng(cfg.seed)
         self.updates = 0
         self.observed = 0
+        self.terminations = 0  # transitions observed that ended their episode (not by a time limit)
         self.shifts = 0  # shifts detected (replay forgotten)
         self._recent_surprise: deque[float] = deque(maxlen=cfg.shift_window)  # the shift detector's window
         self._since_shift = cfg.shift_cooldown
@@ -494,6 +495,7 @@ class EPWorldModel(nn.Module):
         if room > 0:
             self.first_reward_norm.update(torch.as_tensor(r, device=self.device)[:room, None])
         self.observed += e
+        self.terminations += int(t.sum())
         gates, surprises = [], []
         for err in errors:
             g = self.gate(float(err)) if (self.config.gate or self.config.forget_on_shift) else 1.0
@@ -568,11 +570,15 @@ class EPWorldModel(nn.Module):
         # JSON data: a non-finite error (a diverged rollout) is kept as a large number
         err = None if self.open_loop_error is None else [min(float(x), 1e30) for x in self.open_loop_error]
         return {"gate": self.gate.state_dict(), "observed": self.observed, "updates": self.updates,
-                "open_loop_error": err}  # fmt: skip
+                "terminations": self.terminations, "open_loop_error": err}  # fmt: skip
 
     def set_extra_state(self, state: dict) -> None:
         self.gate.load_state_dict(state["gate"])
         self.observed, self.updates = int(state["observed"]), int(state["updates"])
+        terms = state.get("terminations", 0)  # absent in checkpoints written before it was kept
+        if isinstance(terms, bool) or not isinstance(terms, int) or terms < 0:
+            raise ValueError(f"terminations must be an integer >= 0, got {terms!r}")
+        self.terminations = terms
         err = state.get("open_loop_error")  # absent in checkpoints written before it was kept
         if err is not None:
             ok = isinstance(err, list) and all(

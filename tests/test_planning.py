@@ -131,6 +131,54 @@ def test_split_members_share_the_candidates_out_and_keep_every_members_predictio
     assert calls == [True, True]
 
 
+def test_exploiting_search_scores_with_every_member_where_ending_is_a_gain(monkeypatch):
+    """``exploit_members="auto"``: an exploiting search imagines every candidate with every member (and runs
+    ``exploit_iterations``) once the world model has seen an episode end and the derived termination penalty is 0
+    (rewards are costs); exploring searches, envs whose rewards are earned per step alive, and envs never seen
+    to end keep the split."""
+    env = gym.make("Acrobot-v1")
+    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(hidden=(16,), members=3))
+    obs, _ = env.reset(seed=0)
+    calls = []
+    real = wm.imagine
+
+    def spy(obs, seqs, disagreement=True, split=False):
+        calls.append(split)
+        return real(obs, seqs, disagreement, split)
+
+    monkeypatch.setattr(wm, "imagine", spy)
+    cfg = PlannerConfig(horizon=6, candidates=32, elites=4, iterations=1, exploit_iterations=3,
+                        termination_penalty=None)  # fmt: skip
+    planner = CEMPlanner(wm, cfg)
+
+    def searches(explore: bool) -> list[bool]:
+        calls.clear()
+        planner.plan(obs, generator=torch.Generator().manual_seed(0), explore=explore)
+        return list(calls)
+
+    o2 = obs[None].repeat(4, 0)
+    wm.observe(o2, np.zeros(4, np.int64), o2, -np.ones(4), np.zeros(4, bool))  # costs, no ending yet
+    assert not planner.exploits_with_all_members() and searches(False) == [True]
+    wm.observe(o2, np.zeros(4, np.int64), o2, -np.ones(4), np.array([True, False, False, False]))
+    assert wm.terminations == 1 and planner.termination_penalty() == 0
+    assert planner.exploits_with_all_members()
+    assert searches(False) == [False] * 3  # every member, exploit_iterations
+    assert searches(True) == [True]  # training keeps the split (and its iterations)
+    res = planner.plan(obs, generator=torch.Generator().manual_seed(0), explore=False)
+    torch.testing.assert_close(res.prediction, wm.predict_members(obs[None], res.action)["out"])
+    planner.cfg.exploit_members = "split"
+    assert searches(False) == [True]
+    planner.cfg.exploit_members = "auto"
+    wm.observe(o2, np.zeros(4, np.int64), o2, 5 * np.ones(4), np.zeros(4, bool))  # rewards earned: mean > 0
+    assert planner.termination_penalty() > 0 and searches(False) == [True]
+    planner.cfg.exploit_members = "all"
+    assert searches(False) == [False] * 3
+    planner.cfg.exploit_iterations = None
+    assert searches(False) == [False]
+    fixed = CEMPlanner(wm, PlannerConfig(horizon=6, candidates=32, elites=4, termination_penalty=0.0))
+    assert not fixed.exploits_with_all_members()  # a penalty set by hand: no derived rule to read
+
+
 def test_bad_config():
     with pytest.raises(ValueError, match="elites"):
         PlannerConfig(candidates=4, elites=8)
@@ -142,6 +190,10 @@ def test_bad_config():
         PlannerConfig(init_std=0.0)
     with pytest.raises(ValueError, match="exploit_init_std"):
         PlannerConfig(exploit_init_std=1.5)
+    with pytest.raises(ValueError, match="exploit_members"):
+        PlannerConfig(exploit_members="some")
+    with pytest.raises(ValueError, match="exploit_iterations"):
+        PlannerConfig(exploit_iterations=0)
 
 
 @pytest.mark.parametrize("init_std", [0.05, 0.1])

@@ -343,3 +343,21 @@ def test_open_loop_error_needs_a_long_enough_trajectory():
     assert wm.measure_open_loop_error(500) is None and wm.open_loop_error is None
     with pytest.raises(ValueError, match="horizon"):
         wm.measure_open_loop_error(0)
+
+
+def test_terminations_are_counted_and_kept_as_checked_data():
+    env = gym.make("CartPole-v1")
+    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(hidden=(8,), members=2))
+    o = np.zeros((3, 4), np.float32)
+    wm.observe(o, np.zeros(3, np.int64), o, np.ones(3), np.array([True, False, True]))
+    assert wm.terminations == 2
+    state = wm.get_extra_state()
+    other = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(hidden=(8,), members=2))
+    other.set_extra_state(state)
+    assert other.terminations == 2
+    del state["terminations"]  # a checkpoint written before the count was kept
+    other.set_extra_state(state)
+    assert other.terminations == 0
+    for bad in (-1, 1.5, True, "2"):
+        with pytest.raises(ValueError, match="terminations"):
+            other.set_extra_state({**state, "terminations": bad})
