@@ -103,11 +103,10 @@ def test_plans_with_the_ep_world_model():
     assert pres.action.shape == (1, 1) and -2.0 <= pres.action[0, 0] <= 2.0
 
 
-def test_split_members_share_the_candidates_out_and_keep_every_members_prediction(monkeypatch):
-    """By default each candidate is imagined by one member; the kept prediction is still every member's free phase
-    for the chosen action; with the disagreement counted (exploring) or ``split_members=False`` every member
-    imagines every candidate."""
-    env = gym.make("CartPole-v1")
+def _split_spy(monkeypatch, env_id: str) -> tuple[EPWorldModel, np.ndarray, list[bool]]:
+    """A 3-member world model for ``env_id``, a first observation, and the ``split`` flag of every ``imagine`` call
+    (appended to the list as they happen)."""
+    env = gym.make(env_id)
     wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(hidden=(16,), members=3))
     obs, _ = env.reset(seed=0)
     calls = []
@@ -118,6 +117,14 @@ def test_split_members_share_the_candidates_out_and_keep_every_members_predictio
         return real(obs, seqs, disagreement, split)
 
     monkeypatch.setattr(wm, "imagine", spy)
+    return wm, obs, calls
+
+
+def test_split_members_share_the_candidates_out_and_keep_every_members_prediction(monkeypatch):
+    """By default each candidate is imagined by one member; the kept prediction is still every member's free phase
+    for the chosen action; with the disagreement counted (exploring) or ``split_members=False`` every member
+    imagines every candidate."""
+    wm, obs, calls = _split_spy(monkeypatch, "CartPole-v1")
     cfg = dict(horizon=6, candidates=32, elites=4, iterations=2)
     res = CEMPlanner(wm, PlannerConfig(**cfg)).plan(obs, generator=torch.Generator().manual_seed(0))
     assert calls == [True, True] and res.prediction.shape == (3, 1, 6)
@@ -136,17 +143,7 @@ def test_exploiting_search_scores_with_every_member_where_ending_is_a_gain(monke
     ``exploit_iterations``) once the world model has seen an episode end and the derived termination penalty is 0
     (rewards are costs); exploring searches, envs whose rewards are earned per step alive, and envs never seen
     to end keep the split."""
-    env = gym.make("Acrobot-v1")
-    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(hidden=(16,), members=3))
-    obs, _ = env.reset(seed=0)
-    calls = []
-    real = wm.imagine
-
-    def spy(obs, seqs, disagreement=True, split=False):
-        calls.append(split)
-        return real(obs, seqs, disagreement, split)
-
-    monkeypatch.setattr(wm, "imagine", spy)
+    wm, obs, calls = _split_spy(monkeypatch, "Acrobot-v1")
     cfg = PlannerConfig(horizon=6, candidates=32, elites=4, iterations=1, exploit_iterations=3,
                         termination_penalty=None)  # fmt: skip
     planner = CEMPlanner(wm, cfg)
