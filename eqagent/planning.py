@@ -80,8 +80,9 @@ class PlannerConfig:
         exploit_members: Which members score the candidates of an exploiting search (``explore=False``):
             ``split`` (as ``split_members`` says, as in training), ``all`` (every member imagines every candidate,
             G their mean), or ``auto``: ``all`` where ending an episode is a gain — the termination penalty is
-            derived (``termination_penalty = None``) and is 0 (rewards are costs) and the world model has seen an
-            episode end — else ``split``. There the return hangs on reaching an ending the model predicts, and a
+            derived (``termination_penalty = None``) and the world model has seen episodes end with more reward,
+            on average, than a step earns (:meth:`~eqagent.world_model.EPWorldModel.ending_is_a_gain`: Acrobot's
+            goal, MountainCar's flag) — else ``split``. There the return hangs on reaching an ending the model predicts, and a
             candidate that one member alone imagines ending is the split search's favourite: a hallucinated
             ending (Acrobot, docs/benchmarks.md, sessions 15–17). Training keeps the split (its optimism explores).
         exploit_iterations: CEM iterations of an exploiting search that uses every member (``exploit_members``);
@@ -358,11 +359,8 @@ class CEMPlanner(Planner):
         mode = self.cfg.exploit_members
         if mode != "auto":
             return mode == "all"
-        return (
-            self.cfg.termination_penalty is None
-            and getattr(self.wm, "terminations", 0) > 0
-            and self.termination_penalty() == 0
-        )
+        gain = getattr(self.wm, "ending_is_a_gain", None)
+        return self.cfg.termination_penalty is None and gain is not None and gain()
 
     def _iterations(self) -> int:
         if self._exploit_all and self.cfg.exploit_iterations is not None:

@@ -185,6 +185,7 @@ class EPWorldModel(nn.Module):
         self.updates = 0
         self.observed = 0
         self.terminations = 0  # transitions observed that ended their episode (not by a time limit)
+        self.terminal_reward = 0.0  # the sum of those transitions' rewards (see terminal_reward_mean)
         self.shifts = 0  # shifts detected (replay forgotten)
         self._recent_surprise: deque[float] = deque(maxlen=cfg.shift_window)  # the shift detector's window
         self._since_shift = cfg.shift_cooldown
@@ -279,6 +280,16 @@ class EPWorldModel(nn.Module):
     def decode_next_obs(self, obs: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         """The ensemble's mean next observation ``(B, d)`` from raw outputs ``out`` ``(M, B, d + 2)`` at ``obs``."""
         return obs + self.delta_norm.denormalize(out[..., : self.obs_dim]).mean(0)
+
+    def ending_is_a_gain(self) -> bool:
+        """Whether the transitions seen to end an episode (``terminated``, not a time limit) earned more, on
+        average, than a step does: ``False`` until one was seen. Acrobot (0 at the goal, −1 per step) and
+        MountainCar (+100 at the flag) end in a gain; CartPole and InvertedPendulum (a step earns +1, ending earns
+        +1 or 0) do not."""
+        if self.terminations == 0:
+            return False
+        ending, step = self.terminal_reward / self.terminations, float(self.reward_norm.mean[0])
+        return ending > step + 1e-6 * max(1.0, abs(step))  # equal means (CartPole) read as no gain
 
     @torch.no_grad()
     def unsurprising(
@@ -496,6 +507,7 @@ class EPWorldModel(nn.Module):
             self.first_reward_norm.update(torch.as_tensor(r, device=self.device)[:room, None])
         self.observed += e
         self.terminations += int(t.sum())
+        self.terminal_reward += float(r[t].sum())
         gates, surprises = [], []
         for err in errors:
             g = self.gate(float(err)) if (self.config.gate or self.config.forget_on_shift) else 1.0
@@ -570,7 +582,8 @@ class EPWorldModel(nn.Module):
         # JSON data: a non-finite error (a diverged rollout) is kept as a large number
         err = None if self.open_loop_error is None else [min(float(x), 1e30) for x in self.open_loop_error]
         return {"gate": self.gate.state_dict(), "observed": self.observed, "updates": self.updates,
-                "terminations": self.terminations, "open_loop_error": err}  # fmt: skip
+                "terminations": self.terminations, "terminal_reward": self.terminal_reward,
+                "open_loop_error": err}  # fmt: skip
 
     def set_extra_state(self, state: dict) -> None:
         self.gate.load_state_dict(state["gate"])
@@ -578,7 +591,12 @@ class EPWorldModel(nn.Module):
         terms = state.get("terminations", 0)  # absent in checkpoints written before it was kept
         if isinstance(terms, bool) or not isinstance(terms, int) or terms < 0:
             raise ValueError(f"terminations must be an integer >= 0, got {terms!r}")
-        self.terminations = terms
+        total = state.get("terminal_reward")  # absent before it was kept: the terminal statistics restart
+        if total is None:
+            terms, total = 0, 0.0
+        elif isinstance(total, bool) or not isinstance(total, (int, float)) or not math.isfinite(total):
+            raise ValueError(f"terminal_reward must be a finite number, got {total!r}")
+        self.terminations, self.terminal_reward = terms, float(total)
         err = state.get("open_loop_error")  # absent in checkpoints written before it was kept
         if err is not None:
             ok = isinstance(err, list) and all(

@@ -140,9 +140,9 @@ def test_split_members_share_the_candidates_out_and_keep_every_members_predictio
 
 def test_exploiting_search_scores_with_every_member_where_ending_is_a_gain(monkeypatch):
     """``exploit_members="auto"``: an exploiting search imagines every candidate with every member (and runs
-    ``exploit_iterations``) once the world model has seen an episode end and the derived termination penalty is 0
-    (rewards are costs); exploring searches, envs whose rewards are earned per step alive, and envs never seen
-    to end keep the split."""
+    ``exploit_iterations``) once the world model has seen episodes end with more reward than a step earns (the
+    termination penalty derived); exploring searches, envs whose endings earn what a step earns or less, and envs
+    never seen to end keep the split."""
     wm, obs, calls = _split_spy(monkeypatch, "Acrobot-v1")
     cfg = PlannerConfig(horizon=6, candidates=32, elites=4, iterations=1, exploit_iterations=3,
                         termination_penalty=None)  # fmt: skip
@@ -156,9 +156,11 @@ def test_exploiting_search_scores_with_every_member_where_ending_is_a_gain(monke
     o2 = obs[None].repeat(4, 0)
     wm.observe(o2, np.zeros(4, np.int64), o2, -np.ones(4), np.zeros(4, bool))  # costs, no ending yet
     assert not planner.exploits_with_all_members() and searches(False) == [True]
-    wm.observe(o2, np.zeros(4, np.int64), o2, -np.ones(4), np.array([True, False, False, False]))
-    assert wm.terminations == 1 and planner.termination_penalty() == 0
-    assert planner.exploits_with_all_members()
+    ends = np.array([True, False, False, False])
+    wm.observe(o2, np.zeros(4, np.int64), o2, -np.ones(4), ends)  # an ending that costs what a step costs
+    assert wm.terminations == 1 and not planner.exploits_with_all_members() and searches(False) == [True]
+    wm.observe(o2, np.zeros(4, np.int64), o2, np.array([0.0, -1, -1, -1]), ends)  # Acrobot's goal: 0, not −1
+    assert wm.terminations == 2 and planner.exploits_with_all_members()
     assert searches(False) == [False] * 3  # every member, exploit_iterations
     assert searches(True) == [True]  # training keeps the split (and its iterations)
     res = planner.plan(obs, generator=torch.Generator().manual_seed(0), explore=False)
@@ -166,8 +168,10 @@ def test_exploiting_search_scores_with_every_member_where_ending_is_a_gain(monke
     planner.cfg.exploit_members = "split"
     assert searches(False) == [True]
     planner.cfg.exploit_members = "auto"
-    wm.observe(o2, np.zeros(4, np.int64), o2, 5 * np.ones(4), np.zeros(4, bool))  # rewards earned: mean > 0
-    assert planner.termination_penalty() > 0 and searches(False) == [True]
+    wm.observe(o2, np.zeros(4, np.int64), o2, 5 * np.ones(4), np.zeros(4, bool))  # a step now earns more
+    assert wm.terminal_reward / wm.terminations < float(wm.reward_norm.mean) and searches(False) == [True]
+    wm.observe(o2, np.zeros(4, np.int64), o2, np.array([100.0, 1, 1, 1]), ends)  # MountainCar's flag: +100
+    assert planner.termination_penalty() > 0 and searches(False) == [False] * 3
     planner.cfg.exploit_members = "all"
     assert searches(False) == [False] * 3
     planner.cfg.exploit_iterations = None

@@ -350,14 +350,24 @@ def test_terminations_are_counted_and_kept_as_checked_data():
     wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(hidden=(8,), members=2))
     o = np.zeros((3, 4), np.float32)
     wm.observe(o, np.zeros(3, np.int64), o, np.ones(3), np.array([True, False, True]))
-    assert wm.terminations == 2
+    assert wm.terminations == 2 and wm.terminal_reward == 2.0
+    assert not wm.ending_is_a_gain()  # CartPole: ending earns what a step earns
+    wm.observe(o, np.zeros(3, np.int64), o, np.array([7.0, 1.0, 1.0]), np.array([True, False, False]))
+    assert wm.terminations == 3 and wm.terminal_reward == 9.0 and wm.ending_is_a_gain()  # 9 / 3 > 12 / 6
     state = wm.get_extra_state()
     other = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(hidden=(8,), members=2))
     other.set_extra_state(state)
-    assert other.terminations == 2
-    del state["terminations"]  # a checkpoint written before the count was kept
+    assert (other.terminations, other.terminal_reward) == (3, 9.0)
+    del state["terminal_reward"]  # written before the terminal rewards were kept: the statistics restart
+    other.set_extra_state(state)
+    assert (other.terminations, other.terminal_reward) == (0, 0.0)
+    del state["terminations"]  # written before the count was kept
     other.set_extra_state(state)
     assert other.terminations == 0
+    state = wm.get_extra_state()
     for bad in (-1, 1.5, True, "2"):
         with pytest.raises(ValueError, match="terminations"):
             other.set_extra_state({**state, "terminations": bad})
+    for bad in (float("nan"), float("inf"), True, "2"):
+        with pytest.raises(ValueError, match="terminal_reward"):
+            other.set_extra_state({**state, "terminal_reward": bad})
