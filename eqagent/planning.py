@@ -82,9 +82,10 @@ class PlannerConfig:
             G their mean), or ``auto``: ``all`` where ending an episode is a gain — the termination penalty is
             derived (``termination_penalty = None``) and the world model has seen episodes end with more reward,
             on average, than a step earns (:meth:`~eqagent.world_model.EPWorldModel.ending_is_a_gain`: Acrobot's
-            goal, MountainCar's flag) — else ``split``. There the return hangs on reaching an ending the model predicts, and a
-            candidate that one member alone imagines ending is the split search's favourite: a hallucinated
-            ending (Acrobot, docs/benchmarks.md, sessions 15–17). Training keeps the split (its optimism explores).
+            goal, MountainCar's flag) — else ``split``. There the return hangs on reaching an ending the model
+            predicts, and a candidate that one member alone imagines ending is the split search's favourite: a
+            hallucinated ending (Acrobot, MountainCar: docs/benchmarks.md, sessions 15–18). Training keeps the
+            split (its optimism explores).
         exploit_iterations: CEM iterations of an exploiting search that uses every member (``exploit_members``);
             ``None``: ``iterations``.
         replan_every: Search at least every this many steps; in between, an env whose last step the world model

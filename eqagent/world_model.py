@@ -185,7 +185,7 @@ class EPWorldModel(nn.Module):
         self.updates = 0
         self.observed = 0
         self.terminations = 0  # transitions observed that ended their episode (not by a time limit)
-        self.terminal_reward = 0.0  # the sum of those transitions' rewards (see terminal_reward_mean)
+        self.terminal_reward = 0.0  # the sum of those transitions' rewards (see ending_is_a_gain)
         self.shifts = 0  # shifts detected (replay forgotten)
         self._recent_surprise: deque[float] = deque(maxlen=cfg.shift_window)  # the shift detector's window
         self._since_shift = cfg.shift_cooldown
