@@ -84,7 +84,7 @@ def derived_defaults(
       its categorical instead of taking the best of one random draw;
     * the termination risk's weight derived from the rewards seen (``planner.termination_penalty = None``:
       ``max(0, mean reward per step) · horizon``): ending an episode is bad where rewards are earned per step
-      alive (CartPole, InvertedPendulum), neutral where they are costs (Acrobot, MountainCar);
+      alive (CartPole, InvertedPendulum), neutral where they are costs (Acrobot; MountainCar until its first flag);
     * the random warm-up ``learning_starts = min(100, max_episode_steps // 4)``: at most a quarter of an episode.
 
     Observation and reward scales need no setting: the world model and the value normalise what they see.
