@@ -304,6 +304,38 @@ def test_world_model_novelty_is_the_distance_to_the_nearest_visited_state():
     assert CEMPlanner(wm, PlannerConfig(novelty_weight=0.0)).novelty_weight() == 0.0
 
 
+def test_novelty_subtracts_what_the_references_cannot_resolve():
+    env = gym.make("Pendulum-v1")
+    wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(hidden=(8,), members=2))
+    obs, _ = env.reset(seed=0)
+    for _ in range(600):  # more visited states than the 256 references
+        a = env.action_space.sample()
+        nxt, r, term, trunc, _ = env.step(a)
+        wm.observe(obs, a, nxt, r, term)
+        obs = nxt if not (term or trunc) else env.reset(seed=1)[0]
+    n = wm.replay.size
+    idx = np.unique(np.linspace(0, n - 1, 256).round().astype(np.int64))
+    mid = np.setdiff1d((idx[:-1] + idx[1:]) // 2, idx)
+    assert len(mid) > 100
+    norm = wm.obs_norm.normalize
+    ref = norm(torch.from_numpy(wm.replay.obs[idx]))
+    resolution = torch.cdist(norm(torch.from_numpy(wm.replay.obs[mid])), ref).amin(-1).median()
+    assert float(resolution) > 0
+    far = torch.tensor([[0.0, 0.0, 5.0]])
+    raw = torch.cdist(norm(far), ref).amin()
+    assert float(wm.novelty(far)[0]) == pytest.approx(float(raw), abs=1e-2)  # the default: the raw distance
+    floored = float(wm.novelty(far, subtract_resolution=True)[0])
+    assert floored == pytest.approx(float(raw - resolution), abs=1e-2)
+    # the visited states between references: half lie within the resolution (novelty 0; 0.4: rounding margin)
+    between = wm.novelty(torch.from_numpy(wm.replay.obs[mid]), subtract_resolution=True)
+    assert float((between == 0).float().mean()) >= 0.4 and bool((between >= 0).all())
+    # the planner passes the option on
+    imagined = far.expand(1, 2, 3)  # (N, H, d)
+    for flag, expected in ((False, raw), (True, raw - resolution)):
+        planner = CEMPlanner(wm, PlannerConfig(novelty_resolution=flag))
+        assert float(planner._novelty()(imagined)[0, 0]) == pytest.approx(float(expected), abs=1e-2)
+
+
 def test_constant_rewards_give_no_novelty_drive():
     env = gym.make("CartPole-v1")  # +1 every step
     wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(hidden=(8,), members=2))
