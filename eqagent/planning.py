@@ -71,7 +71,7 @@ class PlannerConfig:
             :meth:`EPWorldModel.novelty`): the distance to the nearest reference less the median distance of the
             visited states between references, floored at 0. Off by default: it takes most of the drive off a
             17-dimensional HalfCheetah and keeps Pendulum's, but MountainCar held its threshold on fewer seeds
-            with it (docs/benchmarks.md, session 20).
+            with it and HalfCheetah still trains better with no drive at all (docs/benchmarks.md, session 20).
         smoothing: Weight of the old distribution when refitting (0: none).
         min_std: Floor of the Gaussian std (Box actions, in units of the action range).
         init_std: Std of each search's first Gaussian (Box actions, in units of the action range), around the
