@@ -50,8 +50,9 @@ def main() -> None:
     agent.learn(args.steps)
     rp = agent.world_model.replay
     w = args.window
-    flipped = np.abs(_wrap(rp.obs[: rp.size, 1])) > FLIPPED  # (size,), oldest first until the replay wraps
-    reward = rp.reward[: rp.size]
+    order = rp.newest(rp.size)  # (size,) replay indices, oldest first
+    flipped = np.abs(_wrap(rp.obs[order, 1])) > FLIPPED  # (size,)
+    reward = rp.reward[order]
     out = {
         "seed": args.seed,
         "steps": args.steps,
