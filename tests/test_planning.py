@@ -308,6 +308,7 @@ def test_novelty_subtracts_what_the_references_cannot_resolve():
     env = gym.make("Pendulum-v1")
     wm = EPWorldModel(env.observation_space, env.action_space, WorldModelConfig(hidden=(8,), members=2))
     obs, _ = env.reset(seed=0)
+    env.action_space.seed(0)
     for _ in range(600):  # more visited states than the 256 references
         a = env.action_space.sample()
         nxt, r, term, trunc, _ = env.step(a)
